@@ -1,0 +1,44 @@
+# seedscope: `make test` and `make repro` each set up .venv from nothing when it is missing.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test repro smoke lab lint format bench clean-venv
+
+setup: $(STAMP)
+
+# torch first, pinned, from the local CPU wheel: an unpinned torch would pull CUDA builds.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name seedscope --display-name "seedscope (.venv)" >/dev/null
+	@touch $(STAMP)
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks notebooks
+	$(BIN)/ruff format --check src tests benchmarks notebooks
+
+format: setup
+	$(BIN)/ruff check --fix src tests benchmarks notebooks
+	$(BIN)/ruff format src tests benchmarks notebooks
+
+test: setup lint
+	$(BIN)/python -m pytest -q
+
+repro: setup
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
+
+smoke: setup
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m seedscope.cli smoke
+
+lab: setup
+	$(BIN)/jupyter lab --notebook-dir=notebooks
+
+bench: setup
+	$(BIN)/python benchmarks/bench_engine.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,38 @@
+"""Shared figure conventions: one colour per run everywhere, titled and labelled axes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib as mpl
+import seaborn as sns
+
+mpl.use("Agg")
+# No timestamps or random ids in saved SVG/PNG metadata: reruns give identical files.
+mpl.rcParams["svg.hashsalt"] = "seedscope"
+mpl.rcParams["path.simplify"] = True
+
+_PALETTES = ("tab10", "Set2", "Dark2")
+
+
+def run_colors(run_names: Sequence[str]) -> dict[str, tuple[float, float, float]]:
+    """A fixed colour per run, the same in every notebook: runs are coloured in the order the
+    suite lists them (pass `[r.name for r in suite.runs]`), so a run keeps its colour when
+    an analysis shows only some runs."""
+    colors = sns.color_palette(_PALETTES[0], 10) + sns.color_palette(_PALETTES[1], 8)
+    colors += sns.color_palette(_PALETTES[2], 8)
+    return {name: colors[i % len(colors)] for i, name in enumerate(run_names)}
+
+
+def size_colors(sizes: Sequence[str]) -> dict[str, tuple[float, float, float]]:
+    """A fixed colour per model size."""
+    palette = sns.color_palette("colorblind", max(3, len(sizes)))
+    return {size: palette[i] for i, size in enumerate(sizes)}
+
+
+def save_figure(fig, path) -> None:  # type: ignore[no-untyped-def]
+    """Save a figure as PNG with no volatile metadata (identical bytes on rerun), atomically."""
+    from seedscope.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
