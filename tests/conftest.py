@@ -1,0 +1,41 @@
+"""Shared fixtures: fabricated hub caches and an isolated project root."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import hubfake  # noqa: E402
+
+# Tests never reach the network, whatever the machine allows.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+CRFM_RUNS = ["alias", "battlestar"]
+CRFM_STEPS = [0, 10, 400000]
+
+
+@pytest.fixture(scope="session")
+def crfm_cache(tmp_path_factory) -> dict:
+    """A hub cache holding 2 CRFM GPT-2 small runs at 3 checkpoints each."""
+    from seedscope.suites import get_suite
+
+    root = tmp_path_factory.mktemp("crfm")
+    cache = root / "hub"
+    tok_files = hubfake.gpt2_tokenizer_files(root / "tok")
+    suite = get_suite("stanford-crfm-gpt2-small")
+    vocab = len(__import__("json").loads(tok_files["vocab.json"].read_text()))
+    models = {}
+    for i, name in enumerate(CRFM_RUNS):
+        run = suite.run(name)
+        for j, step in enumerate(CRFM_STEPS):
+            model = hubfake.tiny_gpt2(seed=100 * i + j, vocab_size=vocab)
+            hubfake.write_crfm_checkpoint(cache, run.repo_id, step, model, tok_files, root / "w")
+            models[(name, step)] = model
+    return {"cache": cache, "suite": suite, "models": models, "vocab": vocab, "root": root}
