@@ -22,7 +22,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{target.name}.", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".tmp-{target.name}.", suffix=target.suffix, dir=target.parent
+    )
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -1,0 +1,51 @@
+"""Provenance carried by every result file: suite, runs, steps, params hash, versions, commit."""
+
+from __future__ import annotations
+
+import subprocess
+from functools import cache
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from seedscope.paths import project_root
+
+PACKAGES = ("seedscope", "torch", "transformers", "tokenizers", "huggingface_hub", "numpy")
+
+
+@cache
+def git_commit() -> str:
+    """The checkout's commit (with `+dirty` when files differ), or 'unknown' outside git."""
+    try:
+        root = str(project_root())
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "src", "notebooks"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def provenance(**fields: Any) -> dict[str, Any]:
+    """A provenance record: the given fields plus package versions and the git commit.
+
+    Note: the commit is *not* part of result files' bytes that DVC hashes for determinism
+    checks only if callers leave it out; metrics carry it so a reader can trace a number.
+    """
+    return {**fields, "versions": package_versions(), "git_commit": git_commit()}
