@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test repro smoke lab lint format bench clean-venv
+.PHONY: setup browser test repro smoke lab lint format bench clean-venv
 
 setup: $(STAMP)
 
@@ -17,6 +17,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m ipykernel install --sys-prefix --name seedscope --display-name "seedscope (.venv)" >/dev/null
 	@touch $(STAMP)
 
+# Headless Chromium for the report's browser test (Debian's package; root installs it).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the report's browser test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
 lint: setup
 	$(BIN)/ruff check src tests benchmarks notebooks
 	$(BIN)/ruff format --check src tests benchmarks notebooks
@@ -25,7 +31,7 @@ format: setup
 	$(BIN)/ruff check --fix src tests benchmarks notebooks
 	$(BIN)/ruff format src tests benchmarks notebooks
 
-test: setup lint
+test: setup lint browser
 	$(BIN)/python -m pytest -q
 
 repro: setup

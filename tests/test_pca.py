@@ -183,3 +183,24 @@ def test_figures():
     dist = score_distribution_plot(res, meta, pred, component="PC2")
     assert dist.axes[0].get_ylabel() == "tag"
     assert "PC2" in dist.axes[0].get_title()
+
+
+def test_explained_variance_ci_matches_sklearn_and_covers_planted():
+    from seedscope.pca import explained_variance_ci, fit_pca, loss_matrix
+
+    rng = np.random.default_rng(3)
+    n_windows, window = 300, 16
+    shared = rng.normal(size=(n_windows, window)) * 2.0
+    logprobs = {
+        f"r{i}": (shared + rng.normal(size=(n_windows, window))).astype(np.float32)
+        for i in range(4)
+    }
+    for v in logprobs.values():
+        v[:, 0] = np.nan
+    matrix = loss_matrix(logprobs)
+    table = explained_variance_ci(matrix, n_boot=100, seed=0, n_components=2)
+    sk = fit_pca(matrix, n_components=4).explained_variance_ratio
+    np.testing.assert_allclose(table["ratio"].to_numpy(), sk[:2], rtol=1e-6)
+    # planted: eigenvalues 4*4+1 and 1 (x3) -> PC1 ratio 17/20
+    assert table["ci_low"][0] <= 17 / 20 <= table["ci_high"][0]
+    assert table["ci_low"][0] < table["ratio"][0] < table["ci_high"][0]

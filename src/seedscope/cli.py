@@ -123,7 +123,13 @@ def _logprobs(args: argparse.Namespace) -> str:
 
 
 def _stage(args: argparse.Namespace) -> str:
+    import os
+
     from seedscope.pipeline import run_stage
+
+    # dvc runs stages from the project root: anchor every path there, once, explicitly.
+    if "SEEDSCOPE_ROOT" not in os.environ and Path("dvc.yaml").exists():
+        os.environ["SEEDSCOPE_ROOT"] = str(Path.cwd().resolve())
 
     return f"rendered {run_stage(args.name, args.params)}"
 

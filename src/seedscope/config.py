@@ -35,6 +35,8 @@ def _check_type(value: Any, tp: Any) -> bool:
         return any(_check_type(value, arg) for arg in typing.get_args(tp))
     if tp is type(None):
         return value is None
+    if origin is tuple or tp is tuple:  # YAML has no tuples: a list stands for one
+        return isinstance(value, list | tuple)
     if origin is list or tp is list:
         args = typing.get_args(tp)
         return isinstance(value, list) and (not args or all(_check_type(v, args[0]) for v in value))

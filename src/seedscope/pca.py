@@ -435,3 +435,47 @@ def score_distribution_plot(
     ax.set_ylabel(feature)
     ax.set_title(f"{component} scores by {feature} (R^2 = {best['r2']:.2f})")
     return fig
+
+
+def explained_variance_ci(
+    matrix: LossMatrix, n_boot: int = 200, seed: int = 0, n_components: int = 3, ci: float = 0.95
+) -> pd.DataFrame:
+    """Window-bootstrap CIs of the explained-variance ratios of the top components.
+
+    The covariance of the columns is a sum of per-window moment matrices, so a replicate is
+    a weighted sum of those (no refitting on 1M rows): resample windows, rebuild the
+    covariance, take its eigenvalues. Columns: component, ratio, ci_low, ci_high.
+    """
+    from seedscope.stats import bootstrap_weights
+
+    x = matrix.values
+    windows = matrix.token_index // matrix.window_len
+    n_windows = int(matrix.n_eval_tokens // matrix.window_len)
+    k = x.shape[1]
+    # Per-window sums of x and of x x^T: [n_windows, k] and [n_windows, k, k].
+    sums = np.zeros((n_windows, k))
+    np.add.at(sums, windows, x)
+    outer = np.zeros((n_windows, k, k))
+    np.add.at(outer, windows, x[:, :, None] * x[:, None, :])
+    counts = np.bincount(windows, minlength=n_windows).astype(np.float64)
+
+    def ratios(n: np.ndarray, s: np.ndarray, o: np.ndarray) -> np.ndarray:
+        mean = s / n[..., None]
+        cov = o / n[..., None, None] - mean[..., :, None] * mean[..., None, :]
+        eig = np.linalg.eigvalsh(cov)[..., ::-1]
+        return eig / eig.sum(axis=-1, keepdims=True)
+
+    point = ratios(counts.sum(), sums.sum(0), outer.sum(0))
+    w = bootstrap_weights(n_windows, n_boot, seed)
+    reps = ratios(w @ counts, w @ sums, np.einsum("bw,wij->bij", w, outer))
+    alpha = (1 - ci) / 2
+    low, high = np.percentile(reps, [100 * alpha, 100 * (1 - alpha)], axis=0)
+    m = min(n_components, k)
+    return pd.DataFrame(
+        {
+            "component": [f"PC{i + 1}" for i in range(m)],
+            "ratio": point[:m],
+            "ci_low": low[:m],
+            "ci_high": high[:m],
+        }
+    )

@@ -36,3 +36,43 @@ def save_figure(fig, path) -> None:  # type: ignore[no-untyped-def]
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+
+
+def register_figure(
+    fig,  # type: ignore[no-untyped-def]
+    stage: str,
+    name: str,
+    title: str,
+    function: str,
+    key: bool = False,
+) -> str:
+    """Save `fig` as figures/<stage>/<name>.png and record where it came from.
+
+    `figures/<stage>/index.json` maps each figure to its title, the package function that
+    computed it, the notebook and the stage — the report's "reproduce this figure" table.
+    `key=True` marks the stage's headline figure (its thumbnail on the report page).
+    """
+    import matplotlib.pyplot as plt
+
+    from seedscope.io import read_json, write_json
+    from seedscope.paths import figures_dir
+    from seedscope.pipeline import STAGES
+
+    folder = figures_dir() / stage
+    path = folder / f"{name}.png"
+    if not fig.axes or not any(ax.get_title() or fig._suptitle for ax in fig.axes):
+        fig.suptitle(title)
+    save_figure(fig, path)
+    plt.close(fig)
+    index_path = folder / "index.json"
+    index = read_json(index_path) if index_path.exists() else {}
+    index[name] = {
+        "file": f"{name}.png",
+        "title": title,
+        "function": function,
+        "stage": stage,
+        "notebook": f"notebooks/{STAGES[stage].notebook}.ipynb",
+        "key": key,
+    }
+    write_json(index_path, index)
+    return str(path)

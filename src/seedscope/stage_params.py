@@ -6,7 +6,7 @@ The data-making stages own theirs beside their code (`corpus.CorpusConfig`,
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from seedscope.errors import SeedscopeError, closest
 
@@ -60,18 +60,13 @@ class LossCorrelationParams:
 
 
 @dataclass(frozen=True)
-class ConvergenceParams:
-    """Analysis 2: gaps at mid-training, closed or persisting at the end."""
+class ConvergenceParams(LossCorrelationParams):
+    """Analysis 2: the agreement analysis at mid-training; gaps closed or persisting."""
 
-    n_boot: int = 200
-    seed: int = 0
     alpha: float = 0.05
-    categories: list[str] = field(
-        default_factory=lambda: ["tag", "token_class", "freq_bucket", "seen_before"]
-    )
 
     def __post_init__(self) -> None:
-        _positive("convergence", n_boot=self.n_boot)
+        super().__post_init__()
         if not 0 < self.alpha < 1:
             raise SeedscopeError(
                 f"convergence.alpha must be in (0, 1), got {self.alpha}.", "use e.g. 0.05."
@@ -85,9 +80,17 @@ class LossPcaParams:
     n_components: int = 5
     seed: int = 0
     n_extremes: int = 8
+    n_boot: int = 200
+    context_tokens: int = 30
 
     def __post_init__(self) -> None:
-        _positive("loss_pca", n_components=self.n_components, n_extremes=self.n_extremes)
+        _positive(
+            "loss_pca",
+            n_components=self.n_components,
+            n_extremes=self.n_extremes,
+            n_boot=self.n_boot,
+            context_tokens=self.context_tokens,
+        )
 
 
 @dataclass(frozen=True)

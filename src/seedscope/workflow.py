@@ -56,3 +56,543 @@ def schedule_table(manifest: dict[str, Any]) -> pd.DataFrame:
         else:
             rows.append({"start": a, "stop": b, "every": gap, "count": 2 if not rows else 1})
     return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- shared inputs
+
+
+def stage_config(section: str, values: dict[str, Any] | None) -> Any:
+    """A params section -> its validated config object (errors before any heavy work)."""
+    from seedscope.pipeline import config_class
+
+    return from_section(config_class(section), values, section)
+
+
+def fresh_outputs(stage: str) -> tuple[Any, Any]:
+    """Empty results/<stage> and figures/<stage> (a stage rewrites all its outputs)."""
+    import shutil
+
+    from seedscope.paths import figures_dir
+
+    out = results_dir() / stage
+    figs = figures_dir() / stage
+    for folder in (out, figs):
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
+    return out, figs
+
+
+def run_labels(resolved: ResolvedSuite) -> dict[str, str]:
+    """run name -> 'name (seed N)', the label every figure uses."""
+    return {r.name: r.label for r in resolved.suite.runs}
+
+
+def run_sizes(resolved: ResolvedSuite) -> dict[str, str]:
+    return {r.name: r.size for r in resolved.suite.runs}
+
+
+def stage_provenance(stage: str, resolved: ResolvedSuite, steps: list[int], *configs: Any):
+    """Provenance of a stage's outputs: suite, runs, steps, params hash, versions, commit."""
+    return provenance(
+        stage=stage,
+        suite=resolved.suite.name,
+        runs=resolved.run_names,
+        steps=[int(s) for s in steps],
+        params_hash=params_hash(*configs),
+    )
+
+
+def load_eval_data() -> tuple[Any, pd.DataFrame]:
+    """Eval tokens `[n_windows, window]` and their per-token metadata (window-major)."""
+    import numpy as np
+
+    from seedscope.paths import corpus_dir
+
+    tokens = np.load(corpus_dir() / "eval_tokens.npy")
+    meta = pd.read_parquet(corpus_dir() / "eval_meta.parquet")
+    return tokens, meta
+
+
+def token_losses_root(resolved: ResolvedSuite):  # type: ignore[no-untyped-def]
+    from seedscope.paths import token_losses_dir
+
+    return token_losses_dir() / resolved.suite.name
+
+
+def corpus_decoder():  # type: ignore[no-untyped-def]
+    """decode(token_ids) -> str with the suite's tokenizer (the corpus stage saved it)."""
+    from transformers import AutoTokenizer
+
+    from seedscope.paths import corpus_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(str(corpus_dir() / "tokenizer"))
+    return lambda ids: tokenizer.decode(list(ids))
+
+
+# ----------------------------------------------------------------------------- analysis 1
+
+META_COLUMNS = (
+    "token_class",
+    "tag",
+    "language",
+    "bracket_depth",
+    "freq_bucket",
+    "seen_before",
+    "second_copy",
+    "phrase_freq_bucket",
+)
+
+
+def meta_columns(meta: pd.DataFrame) -> list[str]:
+    """The categorical metadata columns this corpus records (any suite's metadata works)."""
+    return [c for c in META_COLUMNS if c in meta.columns]
+
+
+def topk_lookup(resolved: ResolvedSuite, step: int, tokens: Any, rows: pd.DataFrame, k: int):
+    """A `topk(run, window, pos)` callable for outlier tables: each needed run's checkpoint is
+    loaded once and asked only for the rows' positions (the distribution that scored the
+    target at `pos`: P(. | tokens[:pos]))."""
+    from seedscope.checkpoints import load_checkpoint
+    from seedscope.losses import topk_predictions
+
+    needed: dict[str, set[tuple[int, int]]] = {}
+    for col in ("run_a", "run_b", "run"):
+        if col in rows.columns:
+            for run, w, p in zip(rows[col], rows["window"], rows["pos"], strict=True):
+                needed.setdefault(str(run), set()).add((int(w), int(p)))
+    table: dict[tuple[str, int, int], list[tuple[str, float]]] = {}
+    for run, positions in sorted(needed.items()):
+        model, tokenizer = load_checkpoint(resolved.suite, run, step)
+        ordered = sorted(positions)
+        preds = topk_predictions(model, tokens, ordered, k=k)
+        for (w, p), pred in zip(ordered, preds, strict=True):
+            table[(run, w, p)] = [(tokenizer.decode([int(t)]), float(pr)) for t, pr in pred]
+    return lambda run, window, pos: table[(run, int(window), int(pos))]
+
+
+def mean_pair_pearson(
+    logprobs: dict[str, Any], pairs: list[tuple[str, str]], n_boot: int, seed: int
+) -> dict[str, float]:
+    """Mean Pearson r over `pairs`, with a window-bootstrap CI: every pair is evaluated on
+    the same resampled windows, so the CI of the mean reflects shared eval-set noise."""
+    import numpy as np
+
+    from seedscope.stats import bootstrap_weights, pair_moments, pearson_statistic
+
+    keep = np.logical_and.reduce([np.isfinite(v) for v in logprobs.values()])
+    n_windows = keep.shape[0]
+    weights = bootstrap_weights(n_windows, n_boot, seed)
+    estimates, replicates = [], []
+    for a, b in pairs:
+        x = np.asarray(logprobs[a], dtype=np.float64)
+        y = np.asarray(logprobs[b], dtype=np.float64)
+        per_window = pair_moments(x - x[keep].mean(), y - y[keep].mean(), keep)
+        estimates.append(pearson_statistic(per_window.sum(0)))
+        replicates.append(pearson_statistic(weights @ per_window))
+    mean_reps = np.mean(replicates, axis=0)
+    low, high = np.nanpercentile(mean_reps, [2.5, 97.5])
+    return {
+        "value": float(np.mean(estimates)),
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "n_pairs": len(pairs),
+    }
+
+
+def pair_groups(resolved: ResolvedSuite) -> dict[str, list[tuple[str, str]]]:
+    """Pairs of runs grouped as 'within <size>' and 'across sizes'."""
+    import itertools
+
+    sizes = run_sizes(resolved)
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for a, b in itertools.combinations(resolved.run_names, 2):
+        key = f"within {sizes[a]}" if sizes[a] == sizes[b] else "across sizes"
+        groups.setdefault(key, []).append((a, b))
+    return groups
+
+
+def agreement_analysis(
+    stage: str,
+    resolved: ResolvedSuite,
+    step: int,
+    cfg: Any,
+    with_outliers: bool = True,
+) -> dict[str, Any]:
+    """Analysis 1 at one step: agreement, outliers with context, enrichment, capability gaps.
+
+    Writes tables to results/<stage>/ and figures to figures/<stage>/; returns both."""
+    import numpy as np
+
+    from seedscope import compare
+    from seedscope.io import write_parquet
+    from seedscope.losses import load_logprobs
+    from seedscope.plots import register_figure
+
+    out = results_dir() / stage
+    tokens, meta = load_eval_data()
+    runs = resolved.run_names
+    logprobs = load_logprobs(token_losses_root(resolved), runs, step)
+    labels = run_labels(resolved)
+    sizes = run_sizes(resolved)
+    columns = meta_columns(meta)
+    agreement = compare.pairwise_agreement(logprobs, cfg.n_boot, cfg.seed, sizes=sizes)
+    write_parquet(out / f"agreement_step{step}.parquet", agreement)
+    groups = {
+        name: mean_pair_pearson(logprobs, pairs, cfg.n_boot, cfg.seed)
+        for name, pairs in pair_groups(resolved).items()
+    }
+    result: dict[str, Any] = {"agreement": agreement, "groups": groups, "step": step}
+
+    # Tokens where seeds disagree: the top fraction by |difference|, pooled over pairs.
+    valid = compare.common_valid(logprobs)
+    disagreement = np.nanstd(np.stack([np.asarray(v) for v in logprobs.values()]), axis=0)
+    disagreement[~valid] = np.nan
+    flat = disagreement.ravel()
+    n_top = max(1, int(round(cfg.outlier_fraction * np.isfinite(flat).sum())))
+    mask = np.zeros(flat.size, dtype=bool)
+    mask[np.argsort(np.nan_to_num(flat, nan=-np.inf))[-n_top:]] = True
+    enrich = compare.enrichment(mask, meta, columns, valid=valid, window_len=tokens.shape[1])
+    write_parquet(out / f"enrichment_step{step}.parquet", enrich)
+    result["enrichment"] = enrich
+    gaps = compare.capability_gaps(logprobs, meta, columns, n_boot=cfg.n_boot, seed=cfg.seed)
+    write_parquet(out / f"capability_gaps_step{step}.parquet", gaps)
+    result["gaps"] = gaps
+
+    suffix = f"step{step}"
+    result["figures"] = [
+        register_figure(
+            compare.scatter_grid(logprobs, labels=labels),
+            stage,
+            f"scatter_grid_{suffix}",
+            f"Per-token log-probs of every pair of runs at step {step}",
+            "seedscope.compare.scatter_grid",
+            key=(stage == "loss_correlation"),
+        ),
+        register_figure(
+            compare.correlation_heatmap(agreement, "pearson", labels),
+            stage,
+            f"pearson_heatmap_{suffix}",
+            f"Pearson correlation of per-token log-probs, step {step}",
+            "seedscope.compare.correlation_heatmap",
+        ),
+        register_figure(
+            compare.enrichment_forest(enrich),
+            stage,
+            f"enrichment_{suffix}",
+            f"What the tokens seeds disagree on have in common (step {step})",
+            "seedscope.compare.enrichment_forest",
+        ),
+    ]
+    if with_outliers:
+        decode = corpus_decoder()
+        k = cfg.n_outliers
+        pairs_table = compare.all_pair_outliers(logprobs, k=k, seed=cfg.seed)
+        pairs_table = pairs_table[pairs_table["kind"] == "abs_diff"].reset_index(drop=True)
+        odd = compare.odd_one_out(logprobs, k=k) if len(runs) >= 3 else pd.DataFrame()
+        rows = pd.concat([pairs_table, odd], ignore_index=True)
+        topk = topk_lookup(resolved, step, tokens, rows, cfg.top_k)
+        pairs_table = compare.attach_context(
+            pairs_table, tokens, decode, logprobs, topk=topk, n_before=cfg.context_tokens
+        )
+        write_parquet(out / f"outliers_pairs_{suffix}.parquet", pairs_table)
+        result["outliers"] = pairs_table
+        if len(odd):
+            odd = compare.attach_context(
+                odd, tokens, decode, logprobs, topk=topk, n_before=cfg.context_tokens
+            )
+            write_parquet(out / f"odd_one_out_{suffix}.parquet", odd)
+        result["odd_one_out"] = odd
+    return result
+
+
+def loss_correlation_stage(suite: dict[str, Any], loss_correlation: dict[str, Any]):
+    """Stage `loss_correlation` (analysis 1) on the final checkpoint."""
+    from seedscope.metrics import headline, write_metrics
+
+    resolved = resolve_suite(suite)
+    cfg = stage_config("loss_correlation", loss_correlation)
+    fresh_outputs("loss_correlation")
+    res = agreement_analysis("loss_correlation", resolved, resolved.final_step, cfg)
+    heads = {}
+    for name, g in res["groups"].items():
+        key = "pearson_" + name.replace(" ", "_")
+        heads[key] = headline(
+            g["value"],
+            f"mean Pearson r of per-token log-probs, pairs {name} (final step)",
+            (g["ci_low"], g["ci_high"]),
+        )
+    top = res["enrichment"].iloc[0]
+    heads["top_enriched_odds_ratio"] = headline(
+        top["odds_ratio"],
+        f"odds ratio of the most seed-divergent tokens in {top['feature']}={top['category']}",
+        (top["ci_low"], top["ci_high"]),
+    )
+    gaps = res["gaps"]
+    heads["significant_gap_fraction"] = headline(
+        float(gaps["significant"].mean()),
+        "fraction of (pair, category) gaps significant at the final step",
+    )
+    res["metrics"] = write_metrics(
+        "loss_correlation",
+        heads,
+        details={"top_enriched": res["enrichment"].head(10).to_dict("records")},
+        provenance=stage_provenance("loss_correlation", resolved, [resolved.final_step], cfg),
+    )
+    return res
+
+
+# ----------------------------------------------------------------------------- analysis 2
+
+
+def trajectory_selection() -> pd.DataFrame:
+    """The token subset evaluated at every checkpoint: flat index and why it was chosen
+    ('divergent' at the final step, or 'random' baseline)."""
+    from seedscope.paths import token_losses_dir
+
+    return pd.read_parquet(token_losses_dir() / "trajectory_selection.parquet")
+
+
+def subset_logprobs_by_step(
+    resolved: ResolvedSuite, which: str = "random"
+) -> dict[int, dict[str, Any]]:
+    """step -> run -> log-probs `[n_tokens, 1]` on the trajectory subset (one token per
+    'window': the random baseline tokens are spread over the eval set)."""
+    import numpy as np
+
+    from seedscope.losses import load_trajectories
+
+    selection = trajectory_selection()
+    keep = (selection["set"] == which).to_numpy()
+    by_step: dict[int, dict[str, Any]] = {}
+    for run in resolved.run_names:
+        steps, values = load_trajectories(token_losses_root(resolved), run)
+        for j, step in enumerate(steps):
+            by_step.setdefault(int(step), {})[run] = values[keep, j][:, None].astype(np.float64)
+    return {s: v for s, v in by_step.items() if len(v) == len(resolved.run_names)}
+
+
+def convergence_stage(suite: dict[str, Any], convergence: dict[str, Any]):
+    """Stage `convergence` (analysis 2): agreement at mid; do mid-training gaps close?"""
+    from seedscope import compare
+    from seedscope.io import write_parquet
+    from seedscope.metrics import headline, write_metrics
+    from seedscope.paths import metrics_dir
+    from seedscope.plots import register_figure
+
+    resolved = resolve_suite(suite)
+    cfg = stage_config("convergence", convergence)
+    out, _ = fresh_outputs("convergence")
+    mid = agreement_analysis("convergence", resolved, resolved.mid_step, cfg)
+    final = agreement_analysis(
+        "convergence", resolved, resolved.final_step, cfg, with_outliers=False
+    )
+    table, summary = compare.gap_convergence(mid["gaps"], final["gaps"], ci=1 - cfg.alpha)
+    write_parquet(out / "gap_convergence.parquet", table)
+    over = compare.agreement_over_training(
+        subset_logprobs_by_step(resolved),
+        n_boot=cfg.n_boot,
+        seed=cfg.seed,
+        sizes=run_sizes(resolved),
+    )
+    write_parquet(out / "agreement_over_training.parquet", over)
+    labels = run_labels(resolved)
+    fig = register_figure(
+        compare.agreement_over_training_plot(over, "pearson", labels),
+        "convergence",
+        "agreement_over_training",
+        "Pairwise Pearson r of per-token log-probs over training",
+        "seedscope.compare.agreement_over_training_plot",
+        key=True,
+    )
+    # dvc plots: mean within-size Pearson per step (tracked by git).
+    within = over[over["same_size"].astype(bool)]
+    plot = within.groupby("step", as_index=False)["pearson"].mean()
+    from seedscope.io import atomic_path
+
+    with atomic_path(metrics_dir() / "plots" / "agreement_over_training.csv") as tmp:
+        plot.to_csv(tmp, index=False, float_format="%.6g")
+    first, last = plot.iloc[0], plot.iloc[-1]
+    heads = {}
+    for name, g in mid["groups"].items():
+        heads["mid_pearson_" + name.replace(" ", "_")] = headline(
+            g["value"],
+            f"mean Pearson r, pairs {name}, at mid step {resolved.mid_step}",
+            (g["ci_low"], g["ci_high"]),
+        )
+    for name, g in final["groups"].items():
+        heads["final_pearson_" + name.replace(" ", "_")] = headline(
+            g["value"],
+            f"mean Pearson r, pairs {name}, at final step {resolved.final_step}",
+            (g["ci_low"], g["ci_high"]),
+        )
+    heads["n_gaps_mid"] = headline(
+        summary["n_significant_mid"], "capability gaps significant at mid-training"
+    )
+    heads["fraction_gaps_closed"] = headline(
+        summary["fraction_closed"],
+        "fraction of mid-training gaps closed by the end",
+        (summary["fraction_closed_low"], summary["fraction_closed_high"]),
+    )
+    heads["pearson_first_step"] = headline(
+        first["pearson"],
+        f"mean within-size Pearson r at step {int(first['step'])} (random token subset)",
+    )
+    heads["pearson_last_step"] = headline(
+        last["pearson"],
+        f"mean within-size Pearson r at step {int(last['step'])} (random token subset)",
+    )
+    metrics = write_metrics(
+        "convergence",
+        heads,
+        details={"gap_summary": summary},
+        provenance=stage_provenance(
+            "convergence", resolved, [resolved.mid_step, resolved.final_step], cfg
+        ),
+    )
+    return {
+        "mid": mid,
+        "final": final,
+        "gap_table": table,
+        "gap_summary": summary,
+        "over_training": over,
+        "figure": fig,
+        "metrics": metrics,
+    }
+
+
+def convergence_sentence(summary: dict[str, Any], mid_step: int, final_step: int) -> str:
+    """The one-sentence answer: have mid-training capability gaps closed by the end?"""
+    n = int(summary["n_significant_mid"])
+    if n == 0:
+        return (
+            f"No category showed a significant gap between runs at step {mid_step}, so "
+            "there was nothing to converge."
+        )
+    frac = summary["fraction_closed"]
+    verdict = (
+        "largely converged"
+        if frac >= 0.75
+        else "partly converged"
+        if frac >= 0.25
+        else "not converged"
+    )
+    return (
+        f"Of {n} capability gaps significant at step {mid_step}, "
+        f"{int(summary['n_closed'])} ({frac:.0%}, 95% CI "
+        f"{summary['fraction_closed_low']:.0%}–{summary['fraction_closed_high']:.0%}) "
+        f"were no longer significant at step {final_step}, "
+        f"{int(summary['n_persisted'])} persisted and {int(summary['n_reversed'])} "
+        f"reversed: the runs have {verdict} by the end."
+    )
+
+
+# ----------------------------------------------------------------------------- analysis 3
+
+
+def loss_pca_stage(suite: dict[str, Any], loss_pca: dict[str, Any]):
+    """Stage `loss_pca` (analysis 3): PCA of per-token losses across runs (and checkpoints)."""
+    from seedscope import compare, pca
+    from seedscope.io import write_parquet
+    from seedscope.losses import load_logprobs
+    from seedscope.metrics import headline, write_metrics
+    from seedscope.plots import register_figure, run_colors
+
+    resolved = resolve_suite(suite)
+    cfg = stage_config("loss_pca", loss_pca)
+    out, _ = fresh_outputs("loss_pca")
+    tokens, meta = load_eval_data()
+    runs = resolved.run_names
+    root = token_losses_root(resolved)
+    final = load_logprobs(root, runs, resolved.final_step)
+    labels, sizes = run_labels(resolved), run_sizes(resolved)
+    matrix = pca.loss_matrix(final)
+    k = min(cfg.n_components, len(runs))
+    result = pca.fit_pca(matrix, n_components=k, seed=cfg.seed)
+    variance = pca.explained_variance_ci(matrix, n_boot=cfg.n_boot, seed=cfg.seed, n_components=k)
+    predictors = pca.score_predictors(result, meta, meta_columns(meta), n_components=min(3, k))
+    descriptions = pca.describe_components(result, predictors, min(3, k), sizes, labels)
+    extremes = pca.component_extremes(result, k=cfg.n_extremes, n_components=min(3, k))
+    extremes = compare.attach_context(
+        extremes, tokens, corpus_decoder(), final, runs=[], n_before=cfg.context_tokens
+    )
+    write_parquet(out / "explained_variance.parquet", variance)
+    write_parquet(out / "loadings.parquet", result.loadings.reset_index(names="component"))
+    write_parquet(out / "predictors.parquet", predictors)
+    write_parquet(out / "extremes.parquet", extremes)
+    # The variant: tokens x (runs x checkpoints), mid and final.
+    mid = load_logprobs(root, runs, resolved.mid_step)
+    matrix_ckpt = pca.loss_matrix_checkpoints({resolved.mid_step: mid, resolved.final_step: final})
+    result_ckpt = pca.fit_pca(
+        matrix_ckpt, n_components=min(cfg.n_components, 2 * len(runs)), seed=cfg.seed
+    )
+    descriptions_ckpt = pca.describe_components(result_ckpt, None, min(3, k), sizes, labels)
+    write_parquet(
+        out / "loadings_checkpoints.parquet", result_ckpt.loadings.reset_index(names="component")
+    )
+    colors = run_colors(runs)
+    figs = [
+        register_figure(
+            pca.scree_plot(result),
+            "loss_pca",
+            "scree",
+            "Variance of per-token loss explained by each component",
+            "seedscope.pca.scree_plot",
+        ),
+        register_figure(
+            pca.loadings_plot(result, min(3, k), colors, labels),
+            "loss_pca",
+            "loadings",
+            "Loadings of the top components on each run",
+            "seedscope.pca.loadings_plot",
+            key=True,
+        ),
+        register_figure(
+            pca.score_distribution_plot(result, meta, predictors, "PC1"),
+            "loss_pca",
+            "pc1_by_predictor",
+            "PC1 scores by their best predictor",
+            "seedscope.pca.score_distribution_plot",
+        ),
+        register_figure(
+            pca.loadings_plot(result_ckpt, min(3, k), colors, labels),
+            "loss_pca",
+            "loadings_checkpoints",
+            "Loadings over runs x (mid, final) checkpoints",
+            "seedscope.pca.loadings_plot",
+        ),
+    ]
+    if k >= 2:
+        figs.append(
+            register_figure(
+                pca.score_distribution_plot(result, meta, predictors, "PC2"),
+                "loss_pca",
+                "pc2_by_predictor",
+                "PC2 scores by their best predictor",
+                "seedscope.pca.score_distribution_plot",
+            )
+        )
+    heads = {}
+    for _, row in variance.head(3).iterrows():
+        heads[f"{row['component'].lower()}_variance"] = headline(
+            row["ratio"],
+            f"fraction of per-token loss variance explained by {row['component']}",
+            (row["ci_low"], row["ci_high"]),
+        )
+    metrics = write_metrics(
+        "loss_pca",
+        heads,
+        details={"components": descriptions, "components_checkpoints": descriptions_ckpt},
+        provenance=stage_provenance(
+            "loss_pca", resolved, [resolved.mid_step, resolved.final_step], cfg
+        ),
+    )
+    return {
+        "result": result,
+        "variance": variance,
+        "predictors": predictors,
+        "descriptions": descriptions,
+        "descriptions_checkpoints": descriptions_ckpt,
+        "extremes": extremes,
+        "figures": figs,
+        "metrics": metrics,
+    }

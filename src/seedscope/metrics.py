@@ -1,0 +1,71 @@
+"""Headline numbers: one `metrics/<stage>.json` per analysis, each number with its CI.
+
+Schema (what `dvc metrics show` prints and the report page reads):
+
+    {"headline": {"<key>": {"value": float, "ci_low": float|null, "ci_high": float|null,
+                            "label": "plain words", "unit": "nats"|""}},
+     "details": {...any JSON...},
+     "provenance": {"suite", "runs", "steps", "params_hash", "versions", "git_commit"}}
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from seedscope.io import read_json, write_json
+from seedscope.paths import metrics_dir
+
+
+def headline(
+    value: float,
+    label: str,
+    ci: tuple[float, float] | None = None,
+    unit: str = "",
+) -> dict[str, Any]:
+    """One headline number with an optional 95% CI, rounded to 6 significant digits so the
+    JSON is stable across platforms' last-bit float noise."""
+
+    def clean(x: float | None) -> float | None:
+        if x is None:
+            return None
+        x = float(x)
+        if not math.isfinite(x):
+            return None
+        return float(f"{x:.6g}")
+
+    return {
+        "value": clean(value),
+        "ci_low": clean(ci[0]) if ci else None,
+        "ci_high": clean(ci[1]) if ci else None,
+        "label": label,
+        "unit": unit,
+    }
+
+
+def write_metrics(
+    stage: str,
+    headlines: dict[str, dict[str, Any]],
+    details: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write metrics/<stage>.json atomically and return what was written."""
+    record = {"headline": headlines, "details": details or {}, "provenance": provenance or {}}
+    write_json(metrics_dir() / f"{stage}.json", record)
+    return record
+
+
+def read_metrics(stage: str) -> dict[str, Any]:
+    return read_json(metrics_dir() / f"{stage}.json")
+
+
+def format_value(entry: dict[str, Any]) -> str:
+    """'0.912 [0.905, 0.918]' — the form the report page shows (a test reads it back)."""
+
+    def fmt(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.4g}"
+
+    text = fmt(entry["value"])
+    if entry.get("ci_low") is not None and entry.get("ci_high") is not None:
+        text += f" [{fmt(entry['ci_low'])}, {fmt(entry['ci_high'])}]"
+    return text
