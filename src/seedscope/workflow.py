@@ -460,6 +460,23 @@ def convergence_stage(suite: dict[str, Any], convergence: dict[str, Any]):
     }
 
 
+def agreement_summary(res: dict[str, Any]) -> pd.DataFrame:
+    """Mean pairwise Pearson r per pair group at mid-training and at the end."""
+    rows = []
+    for when in ("mid", "final"):
+        for name, g in res[when]["groups"].items():
+            rows.append(
+                {
+                    "checkpoint": f"{when} (step {res[when]['step']})",
+                    "pairs": name,
+                    "mean Pearson r": g["value"],
+                    "ci_low": g["ci_low"],
+                    "ci_high": g["ci_high"],
+                }
+            )
+    return pd.DataFrame(rows)
+
+
 def convergence_sentence(summary: dict[str, Any], mid_step: int, final_step: int) -> str:
     """The one-sentence answer: have mid-training capability gaps closed by the end?"""
     n = int(summary["n_significant_mid"])
@@ -593,6 +610,148 @@ def loss_pca_stage(suite: dict[str, Any], loss_pca: dict[str, Any]):
         "descriptions": descriptions,
         "descriptions_checkpoints": descriptions_ckpt,
         "extremes": extremes,
+        "figures": figs,
+        "metrics": metrics,
+    }
+
+
+# ----------------------------------------------------------------------------- analysis 4
+
+
+def resolve_steps(resolved: ResolvedSuite, steps: Any) -> list[int]:
+    """'all', or a list of 'mid'/'final'/schedule steps -> sorted schedule steps."""
+    if steps == "all":
+        return list(resolved.suite.steps)
+    values = steps if isinstance(steps, list) else [steps]
+    named = {"mid": resolved.mid_step, "final": resolved.final_step}
+    return sorted({named.get(s, s) if isinstance(s, str) else s for s in values} | set())
+
+
+def behaviours_stage(suite: dict[str, Any], behaviours: dict[str, Any]):
+    """Stage `behaviours` (analysis 4): the battery over every run x checkpoint."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from seedscope import behaviours as bh
+    from seedscope.checkpoints import load_checkpoint
+    from seedscope.io import write_parquet
+    from seedscope.metrics import headline, write_metrics
+    from seedscope.paths import corpus_dir
+    from seedscope.plots import register_figure
+
+    resolved = resolve_suite(suite)
+    cfg = stage_config("behaviours", behaviours)
+    steps = [resolved.suite.check_step(s) for s in resolve_steps(resolved, cfg.steps)]
+    out, _ = fresh_outputs("behaviours")
+    truth = read_json(corpus_dir() / "ground_truth.json") if cfg.source == "planted" else None
+    items = bh.probes_for(cfg.source, cfg.n_per_behaviour, cfg.seed, truth, cfg.behaviour_names)
+    write_parquet(
+        out / "probes.parquet",
+        pd.DataFrame(
+            [
+                {
+                    "behaviour": i.behaviour,
+                    "group": i.group,
+                    "prompt": i.prompt,
+                    "correct": i.correct,
+                    "alternatives": list(i.alternatives),
+                }
+                for i in items
+            ]
+        ),
+    )
+    lexicons, letters = bh.language_lexicons(cfg.source, truth)
+    torch.set_num_threads(cfg.threads)
+    scores = {}
+    language_map = None
+    units = [(run, step) for run in resolved.run_names for step in steps]
+    for run, step in tqdm(units, desc="behaviours", unit="checkpoint"):
+        model, tokenizer = load_checkpoint(resolved.suite, run, step)
+        if language_map is None:
+            language_map = bh.language_token_map(tokenizer, lexicons, letters)
+        scores[(run, step)] = bh.score_items(
+            model, tokenizer, items, cfg.batch_size, "cpu", language_map
+        )
+    item_scores = pd.concat(
+        [frame.assign(run=run, step=step) for (run, step), frame in scores.items()],
+        ignore_index=True,
+    )
+    write_parquet(out / "item_scores.parquet", item_scores)
+    table = bh.behaviour_table(
+        scores, suite=resolved.suite, n_boot=cfg.n_boot, seed=cfg.seed, groups=True
+    )
+    write_parquet(out / "behaviour_table.parquet", table)
+    thresholds = {b: cfg.threshold for b in cfg.behaviour_names}
+    emergence = bh.emergence_table(table, thresholds)
+    spread = bh.emergence_spread(emergence, n_boot=cfg.n_boot, seed=cfg.seed)
+    mid_final = bh.seed_spread_mid_vs_final(table, resolved.mid_step, resolved.final_step)
+    write_parquet(out / "emergence.parquet", emergence)
+    write_parquet(out / "emergence_spread.parquet", spread)
+    write_parquet(out / "seed_spread_mid_vs_final.parquet", mid_final)
+    figs = [
+        register_figure(
+            bh.plot_emergence(emergence, resolved.run_names),
+            "behaviours",
+            "emergence",
+            "Emergence step of each behaviour in each run",
+            "seedscope.behaviours.plot_emergence",
+            key=True,
+        ),
+        register_figure(
+            bh.plot_size_comparison(table),
+            "behaviours",
+            "size_comparison",
+            "Behaviour accuracy over training by model size",
+            "seedscope.behaviours.plot_size_comparison",
+        ),
+    ]
+    for name in cfg.behaviour_names:
+        figs.append(
+            register_figure(
+                bh.plot_behaviour_heatmap(table, name, "accuracy"),
+                "behaviours",
+                f"heatmap_{name}",
+                f"{name}: accuracy per run and checkpoint",
+                "seedscope.behaviours.plot_behaviour_heatmap",
+            )
+        )
+    final = table[
+        (table["step"] == steps[-1]) & (table["metric"] == "accuracy") & (table["group"] == "all")
+    ]
+    heads = {}
+    for name in cfg.behaviour_names:
+        rows = final[final["behaviour"] == name]
+        if rows.empty:
+            continue
+        heads[f"{name}_final_accuracy"] = headline(
+            rows["value"].mean(),
+            f"{name}: accuracy at step {steps[-1]}, mean over runs",
+            (rows["ci_low"].mean(), rows["ci_high"].mean()),
+        )
+        sp = spread[(spread["behaviour"] == name) & (spread["size"] == "all")]
+        if not sp.empty and sp["n_emerged"].iloc[0] > 0:
+            heads[f"{name}_emergence_step"] = headline(
+                sp["mean"].iloc[0],
+                f"{name}: mean emergence step over the "
+                f"{int(sp['n_emerged'].iloc[0])}/{int(sp['n_runs'].iloc[0])} runs where it "
+                f"emerges (threshold {cfg.threshold})",
+                (sp["ci_low"].iloc[0], sp["ci_high"].iloc[0]),
+            )
+    metrics = write_metrics(
+        "behaviours",
+        heads,
+        details={
+            "emergence": emergence.to_dict("records"),
+            "mid_vs_final": mid_final.to_dict("records"),
+        },
+        provenance=stage_provenance("behaviours", resolved, steps, cfg),
+    )
+    return {
+        "items": items,
+        "table": table,
+        "emergence": emergence,
+        "spread": spread,
+        "mid_vs_final": mid_final,
         "figures": figs,
         "metrics": metrics,
     }

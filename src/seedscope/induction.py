@@ -1,0 +1,703 @@
+"""Analysis 6: when does each run grow induction heads, and does the phase change line up
+with the in-context-learning jump and the bump in the training loss?
+
+Conventions used throughout:
+
+- Repeated-token batches are `[n_seqs, 1 + 2*half_len]`: BOS at position 0, a random
+  sequence at positions `1..half_len` and the same sequence again at
+  `half_len+1..2*half_len`.
+- Attention patterns are `[layer, batch, head, query_pos, key_pos]` (rows sum to 1).
+- Per-token losses are next-token losses: `loss[:, p]` is the loss of predicting token `p+1`
+  from tokens `0..p` (so a `[batch, pos]` batch gives `[batch, pos-1]` losses).
+- The training-step axis is `x = log(step + 1)` (natural log), so step 0 is allowed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import optimize, stats
+from scipy.ndimage import gaussian_filter1d
+
+from seedscope.errors import SeedscopeError
+
+# --------------------------------------------------------------------------------------
+# Naming and attention capture
+# --------------------------------------------------------------------------------------
+
+_HOOK_NAMES = {
+    "pattern": "attn.hook_pattern",
+    "attn_scores": "attn.hook_attn_scores",
+    "z": "attn.hook_z",
+    "resid_pre": "hook_resid_pre",
+    "resid_post": "hook_resid_post",
+    "mlp_out": "hook_mlp_out",
+    "attn_out": "hook_attn_out",
+}
+
+
+def act_name(name: str, layer: int) -> str:
+    """TransformerLens-style canonical activation name, e.g. `act_name("pattern", 3)` ->
+    `"blocks.3.attn.hook_pattern"`."""
+    if name not in _HOOK_NAMES:
+        raise SeedscopeError(
+            f"Unknown activation name {name!r}.", f"use one of: {', '.join(_HOOK_NAMES)}."
+        )
+    return f"blocks.{int(layer)}.{_HOOK_NAMES[name]}"
+
+
+def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The self-attention module of every layer, in order (HF GPT-2 and GPT-NeoX)."""
+    base = getattr(model, "base_model", model)
+    if hasattr(base, "h"):  # GPT-2
+        return [block.attn for block in base.h]
+    if hasattr(base, "layers") and all(hasattr(b, "attention") for b in base.layers):  # NeoX
+        return [block.attention for block in base.layers]
+    raise SeedscopeError(
+        f"Cannot find the attention layers of a {type(model).__name__}.",
+        "use a Hugging Face GPT-2 (GPT2LMHeadModel) or GPT-NeoX (Pythia) model.",
+    )
+
+
+@contextmanager
+def eager_attention(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Switch `model` to eager attention (the only kind that returns attention weights;
+    SDPA silently returns none) and restore the previous implementation on exit, even if
+    the body raises."""
+    before = model.config._attn_implementation
+    if before != "eager":
+        model.set_attn_implementation("eager")
+    try:
+        yield model
+    finally:
+        if before != "eager" and before is not None:
+            model.set_attn_implementation(before)
+
+
+@contextmanager
+def capture_attention(model: torch.nn.Module) -> Iterator[dict[str, torch.Tensor]]:
+    """Record attention patterns during forward passes inside the block.
+
+    Yields a dict `{act_name("pattern", layer): Tensor [batch, head, query_pos, key_pos]}`
+    filled by forward hooks on every attention module (last forward pass wins). The model
+    runs with eager attention inside the block; the hooks are removed and the attention
+    implementation restored on exit, also when the body raises.
+    """
+    store: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def make_hook(layer: int):  # type: ignore[no-untyped-def]
+        def hook(module, args, output):  # type: ignore[no-untyped-def]
+            weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+            if weights is None:
+                raise SeedscopeError(
+                    f"Layer {layer} returned no attention weights.",
+                    'load the model with attn_implementation="eager".',
+                )
+            store[act_name("pattern", layer)] = weights.detach()
+
+        return hook
+
+    with eager_attention(model):
+        try:
+            for layer, module in enumerate(attention_modules(model)):
+                handles.append(module.register_forward_hook(make_hook(layer)))
+            yield store
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+@torch.no_grad()
+def attention_patterns(
+    model: torch.nn.Module, tokens: torch.Tensor, batch_size: int = 32
+) -> torch.Tensor:
+    """Attention patterns of every head: `tokens [batch, pos]` ->
+    `Tensor [layer, batch, head, query_pos, key_pos]` (float32, rows sum to 1)."""
+    _check_tokens(tokens)
+    model.eval()
+    out = []
+    n_layers = len(attention_modules(model))
+    with capture_attention(model) as store:
+        for start in range(0, tokens.shape[0], batch_size):
+            store.clear()
+            model(tokens[start : start + batch_size])
+            out.append(torch.stack([store[act_name("pattern", i)] for i in range(n_layers)]))
+    return torch.cat(out, dim=1).float()
+
+
+def _check_tokens(tokens: torch.Tensor) -> None:
+    if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2:
+        raise SeedscopeError(
+            "Tokens must be a 2-d LongTensor [batch, pos].", "pass e.g. repeated_random_tokens()."
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Repeated random tokens and head scores
+# --------------------------------------------------------------------------------------
+
+
+def repeated_random_tokens(
+    vocab_size: int,
+    n_seqs: int,
+    half_len: int,
+    seed: int,
+    bos_id: int,
+    exclude_ids: Sequence[int] = (),
+) -> torch.Tensor:
+    """BOS, a uniformly random token sequence, then the same sequence again.
+
+    Returns a LongTensor `[n_seqs, 1 + 2*half_len]`; tokens are drawn from
+    `range(vocab_size)` minus `bos_id` and `exclude_ids` (e.g. special tokens).
+    """
+    if half_len < 2 or n_seqs < 1:
+        raise SeedscopeError(
+            f"Need n_seqs >= 1 and half_len >= 2 (got {n_seqs}, {half_len}).",
+            "use e.g. n_seqs=32, half_len=50.",
+        )
+    banned = {int(bos_id), *map(int, exclude_ids)}
+    allowed = np.setdiff1d(np.arange(vocab_size), np.array(sorted(banned)))
+    if allowed.size < 2:
+        raise SeedscopeError("No tokens left to sample from.", "exclude fewer token ids.")
+    rng = np.random.default_rng(seed)
+    half = rng.choice(allowed, size=(n_seqs, half_len), replace=True)
+    bos = np.full((n_seqs, 1), int(bos_id))
+    return torch.from_numpy(np.concatenate([bos, half, half], axis=1)).long()
+
+
+def _half_len(n_pos: int) -> int:
+    if n_pos < 5 or (n_pos - 1) % 2:
+        raise SeedscopeError(
+            f"A repeated-token sequence has 1 + 2*half_len positions; got {n_pos}.",
+            "build the batch with repeated_random_tokens().",
+        )
+    return (n_pos - 1) // 2
+
+
+def induction_score(patterns: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Per-head induction score on a repeated-token batch.
+
+    `patterns [..., query_pos, key_pos]` with `pos = 1 + 2*half_len` -> `[...]`: the mean,
+    over destinations `t` in the second copy (`half_len+1 .. 2*half_len`), of the attention
+    from `t` to `t - half_len + 1`, the token right after the earlier occurrence of token
+    `t` (never BOS). A perfect induction head scores 1.
+    """
+    p = _as_numpy(patterns)
+    half = _half_len(p.shape[-1])
+    dest = np.arange(half + 1, 2 * half + 1)
+    return p[..., dest, dest - half + 1].mean(axis=-1)
+
+
+def previous_token_score(patterns: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Per-head previous-token score: `patterns [..., query_pos, key_pos]` -> `[...]`, the
+    mean attention from `t` to `t-1` over `t = 2 .. pos-1` (BOS never a source)."""
+    p = _as_numpy(patterns)
+    dest = np.arange(2, p.shape[-1])
+    return p[..., dest, dest - 1].mean(axis=-1)
+
+
+def token_losses(logits: torch.Tensor | np.ndarray, tokens: torch.Tensor) -> np.ndarray:
+    """Next-token losses (nats): `logits [batch, pos, vocab]`, `tokens [batch, pos]` ->
+    `[batch, pos-1]`, where column `p` is the loss of predicting token `p+1`."""
+    lg = torch.as_tensor(logits).float()
+    logp = torch.log_softmax(lg[:, :-1], dim=-1)
+    target = torch.as_tensor(tokens)[:, 1:].long()
+    return (-logp.gather(-1, target[..., None])[..., 0]).numpy()
+
+
+def repeat_copy_losses(losses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean loss on the first and on the second copy, per sequence.
+
+    `losses [batch, pos-1]` from `token_losses` on a `[batch, 1 + 2*half_len]` batch ->
+    `(first [batch], second [batch])`. First copy: predicting tokens `1..half_len` (random,
+    ~log(vocab) for any model). Second copy: predicting tokens `half_len+2..2*half_len`
+    (token `half_len+1` is left out: nothing before it says what follows the first copy).
+    """
+    losses = np.asarray(losses)
+    half = _half_len(losses.shape[-1] + 1)
+    first = losses[:, 0:half].mean(axis=1)
+    second = losses[:, half + 1 : 2 * half].mean(axis=1)
+    return first, second
+
+
+@torch.no_grad()
+def head_scores(
+    model: torch.nn.Module,
+    seqs: torch.Tensor,
+    batch_size: int = 32,
+    per_sequence: bool = False,
+) -> pd.DataFrame:
+    """Induction and previous-token score of every head on a repeated-token batch.
+
+    `seqs [n_seqs, 1 + 2*half_len]`. Returns one row per head (columns `layer, head,
+    head_name` ("L.H"), `induction`, `prev_token`), or with `per_sequence=True` one row per
+    (sequence, head) with a `seq` column. The per-sequence losses on the two copies are in
+    `df.attrs["first_copy_loss"]` / `["second_copy_loss"]` (arrays `[n_seqs]`).
+    """
+    _check_tokens(seqs)
+    _half_len(seqs.shape[1])
+    model.eval()
+    n_layers = len(attention_modules(model))
+    ind, prev, first, second = [], [], [], []
+    with capture_attention(model) as store:
+        for start in range(0, seqs.shape[0], batch_size):
+            batch = seqs[start : start + batch_size]
+            store.clear()
+            logits = model(batch).logits
+            pats = torch.stack([store[act_name("pattern", i)] for i in range(n_layers)]).float()
+            ind.append(induction_score(pats))  # [layer, batch, head]
+            prev.append(previous_token_score(pats))
+            f, s = repeat_copy_losses(token_losses(logits, batch))
+            first.append(f)
+            second.append(s)
+    ind_a, prev_a = np.concatenate(ind, axis=1), np.concatenate(prev, axis=1)
+    n_l, n_s, n_h = ind_a.shape
+    lay, seq, hd = np.meshgrid(np.arange(n_l), np.arange(n_s), np.arange(n_h), indexing="ij")
+    df = pd.DataFrame(
+        {
+            "seq": seq.ravel(),
+            "layer": lay.ravel(),
+            "head": hd.ravel(),
+            "induction": ind_a.ravel(),
+            "prev_token": prev_a.ravel(),
+        }
+    )
+    if not per_sequence:
+        df = df.groupby(["layer", "head"], as_index=False)[["induction", "prev_token"]].mean()
+    df.insert(df.columns.get_loc("head") + 1, "head_name", _head_names(df))
+    df.attrs["first_copy_loss"] = np.concatenate(first)
+    df.attrs["second_copy_loss"] = np.concatenate(second)
+    return df
+
+
+def _head_names(df: pd.DataFrame) -> list[str]:
+    return [f"{int(a)}.{int(b)}" for a, b in zip(df["layer"], df["head"], strict=True)]
+
+
+def _as_numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    return x.detach().cpu().float().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+# --------------------------------------------------------------------------------------
+# In-context learning score
+# --------------------------------------------------------------------------------------
+
+
+def icl_positions(window: int) -> tuple[int, int]:
+    """(early, late) loss columns for the ICL score of a `[n_windows, window]` loss array.
+
+    Olsson et al. (2022) use the 50th and 500th token of 1024-token contexts; for a window
+    of `T` loss columns we use `round(T*50/1024)` and `round(T*500/1024)` (clipped to the
+    array), i.e. the same fractions of the context. For T = 1024 these are 50 and 500.
+    """
+    if window < 4:
+        raise SeedscopeError(f"Window of {window} tokens is too short.", "use >= 4 tokens.")
+    early = int(round(window * 50 / 1024))
+    late = int(round(window * 500 / 1024))
+    return min(max(early, 0), window - 2), min(max(late, early + 1), window - 1)
+
+
+def icl_score(
+    losses: np.ndarray,
+    late: int | None = None,
+    early: int | None = None,
+    per_window: bool = False,
+) -> float | np.ndarray:
+    """In-context-learning score: loss at a late token minus loss at an early token.
+
+    `losses [n_windows, window]` per-token next-token losses (column `p` = loss predicting
+    token `p+1`). Positions default to `icl_positions(window)`. Returns the mean over
+    windows (negative = the model uses its context), or `[n_windows]` with `per_window`.
+    """
+    losses = np.asarray(losses, dtype=float)
+    if losses.ndim != 2:
+        raise SeedscopeError(
+            f"ICL score needs losses [n_windows, window], got shape {losses.shape}.",
+            "pass a 2-d per-token loss array.",
+        )
+    d_early, d_late = icl_positions(losses.shape[1])
+    early = d_early if early is None else early
+    late = d_late if late is None else late
+    diff = losses[:, late] - losses[:, early]
+    return diff if per_window else float(diff.mean())
+
+
+# --------------------------------------------------------------------------------------
+# Phase-change detection
+# --------------------------------------------------------------------------------------
+
+
+def log_step(steps: Sequence[int] | np.ndarray) -> np.ndarray:
+    """The step axis used for every fit here: `log(step + 1)`."""
+    return np.log(np.asarray(steps, dtype=float) + 1.0)
+
+
+def _from_log(x: float) -> float:
+    return float(np.exp(x) - 1.0)
+
+
+def _sigmoid(x: np.ndarray, lo: float, hi: float, mid: float, width: float) -> np.ndarray:
+    return lo + (hi - lo) * 0.5 * (1.0 + np.tanh((x - mid) / (2.0 * width)))
+
+
+def fit_sigmoid(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+    """Least-squares logistic fit `y = lo + (hi-lo) / (1 + exp(-(x-mid)/width))`, with the
+    midpoint kept inside the data and the width between a tenth of the smallest spacing and
+    the data range; multi-start over midpoints for robustness. Returns (params, sse)."""
+    x = np.asarray(x, float)
+    y = np.asarray(y, float)
+    span = float(x.max() - x.min())
+    gaps = np.diff(np.sort(x))
+    w_min = max(float(gaps[gaps > 0].min()) / 10, 1e-3 * span)
+    k = max(1, len(y) // 8)
+    lo0, hi0 = float(np.median(y[:k])), float(np.median(y[-k:]))
+    amp = max(abs(hi0 - lo0), float(np.ptp(y)), 1e-9)
+    lower = [y.min() - amp, y.min() - amp, x.min(), w_min]
+    upper = [y.max() + amp, y.max() + amp, x.max(), span]
+    best, best_sse = None, np.inf
+    for mid0 in np.quantile(x, [0.2, 0.35, 0.5, 0.65, 0.8]):
+        p0 = [lo0, hi0, mid0, max(span / 20, w_min * 2)]
+        try:
+            p, _ = optimize.curve_fit(
+                _sigmoid, x, y, p0=p0, bounds=(lower, upper), maxfev=2000, method="trf"
+            )
+        except (RuntimeError, ValueError):
+            continue
+        sse = float(np.sum((_sigmoid(x, *p) - y) ** 2))
+        if sse < best_sse:
+            best, best_sse = p, sse
+    if best is None:  # every start failed: fall back to the steepest finite difference
+        slope = np.diff(y) / np.diff(x)
+        i = int(np.argmax(np.abs(slope)))
+        best = np.array([lo0, hi0, (x[i] + x[i + 1]) / 2, w_min])
+        best_sse = float(np.sum((_sigmoid(x, *best) - y) ** 2))
+    return np.asarray(best, float), best_sse
+
+
+@dataclass(frozen=True)
+class PhaseChange:
+    """A detected jump in a metric over training.
+
+    step: the schedule step nearest the fitted midpoint (steepest point on the log-step
+    axis); midpoint: the fitted midpoint (continuous, in steps); onset / end: where the
+    fitted sigmoid has done 10% / 90% of its change; max_slope_step: model-free check, the
+    later end of the steepest finite-difference interval of the (mean) curve on the
+    log-step axis; ci_low / ci_high: percentile bootstrap CI of the midpoint over
+    resampled eval sequences (NaN without per-sequence data); lo / hi / width: the fitted
+    plateaus and width (log-step units); r2: fit quality.
+    """
+
+    step: int
+    midpoint: float
+    onset: float
+    end: float
+    max_slope_step: int
+    ci_low: float
+    ci_high: float
+    lo: float
+    hi: float
+    width: float
+    r2: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def detect_phase_change(
+    steps: Sequence[int] | np.ndarray,
+    values: np.ndarray,
+    n_boot: int = 200,
+    seed: int = 0,
+    ci: float = 0.95,
+) -> PhaseChange:
+    """Find the step where a metric jumps, by a logistic fit on the `log(step+1)` axis.
+
+    `steps [n_steps]` (the checkpoint schedule, any spacing, 0 allowed); `values
+    [n_steps]` (one curve) or `[n_steps, n_seqs]` (per eval sequence; the curve is the mean
+    over sequences and the CI comes from resampling sequences with replacement, `n_boot`
+    times, with `numpy.random.default_rng(seed)`).
+    """
+    steps_a = np.asarray(steps, dtype=float)
+    vals = np.asarray(values, dtype=float)
+    if vals.ndim == 1:
+        vals = vals[:, None]
+    if vals.ndim != 2 or vals.shape[0] != steps_a.size or steps_a.size < 5:
+        raise SeedscopeError(
+            f"values must be [n_steps] or [n_steps, n_seqs] with n_steps = {steps_a.size} >= 5; "
+            f"got shape {np.shape(values)}.",
+            "pass one row per checkpoint step (at least 5 steps).",
+        )
+    if np.any(np.diff(steps_a) <= 0) or not np.all(np.isfinite(vals)):
+        raise SeedscopeError(
+            "Steps must increase strictly and values be finite.", "sort steps; drop NaN rows."
+        )
+    x = log_step(steps_a)
+    y = vals.mean(axis=1)
+    p, sse = fit_sigmoid(x, y)
+    lo, hi, mid, width = map(float, p)
+    sst = float(np.sum((y - y.mean()) ** 2))
+    r2 = 1.0 - sse / sst if sst > 0 else 0.0
+    slope = np.abs(np.diff(y) / np.diff(x))
+    max_slope_step = int(steps_a[int(np.argmax(slope)) + 1])
+    sched_step = int(steps_a[int(np.argmin(np.abs(x - mid)))])
+    dx = width * np.log(9.0)  # logistic goes 10% -> 90% over 2*ln(9)*width
+    ci_low = ci_high = float("nan")
+    n_seqs = vals.shape[1]
+    if n_seqs > 1 and n_boot > 0:
+        rng = np.random.default_rng(seed)
+        mids = np.empty(n_boot)
+        for b in range(n_boot):
+            cols = rng.integers(0, n_seqs, n_seqs)
+            mids[b] = fit_sigmoid(x, vals[:, cols].mean(axis=1))[0][2]
+        a = (1 - ci) / 2
+        ci_low, ci_high = (_from_log(q) for q in np.quantile(mids, [a, 1 - a]))
+    return PhaseChange(
+        step=sched_step,
+        midpoint=_from_log(mid),
+        onset=_from_log(mid - dx),
+        end=_from_log(mid + dx),
+        max_slope_step=max_slope_step,
+        ci_low=ci_low,
+        ci_high=ci_high,
+        lo=lo,
+        hi=hi,
+        width=width,
+        r2=r2,
+    )
+
+
+def training_loss_bump(
+    steps: Sequence[int] | np.ndarray,
+    loss: np.ndarray,
+    smooth: float = 0.25,
+    grid: int = 400,
+    min_depth: float = 0.02,
+) -> dict[str, float] | None:
+    """The non-convex stretch of a training-loss curve on the `log(step+1)` axis.
+
+    On a log-step axis a loss curve normally falls from its initial plateau (concave knee),
+    then flattens convexly; the induction-head phase change adds a plateau-then-drop bump,
+    a later stretch where the curve is concave. The curve `loss [n_steps]` is linearly
+    interpolated onto a uniform log-step grid, smoothed with a Gaussian of sd `smooth`
+    (log-step units) and differentiated twice. Concave stretches (negative second
+    derivative) that end by the steepest point of the initial drop (the steepest descent
+    before 80% of the total drop is done) are the initial knee and are skipped; of
+    the rest, the one with the largest concavity mass (integral of -d2: the extra slope
+    gained, in nats per log-step) wins if that mass is >= `min_depth` times the curve's
+    total drop. A concave stretch runs from the plateau to the steepest point of the drop;
+    the window is that stretch mirrored about the steepest point (the drop's convex half).
+    Returns `{"start", "end"}` (schedule steps bracketing the window), `"steepest"`
+    (schedule step nearest the steepest descent) and `"mass"`, or None when no bump.
+    """
+    steps_a = np.asarray(steps, dtype=float)
+    y = np.asarray(loss, dtype=float)
+    if y.shape != steps_a.shape or steps_a.size < 5:
+        raise SeedscopeError(
+            f"loss must be [n_steps] matching steps ({steps_a.size} >= 5), got {y.shape}.",
+            "pass one loss per checkpoint step.",
+        )
+    x = log_step(steps_a)
+    xg = np.linspace(x[0], x[-1], grid)
+    h = xg[1] - xg[0]
+    yg = gaussian_filter1d(np.interp(xg, x, y), smooth / h, mode="nearest")
+    d1 = np.gradient(yg, h)
+    d2 = np.gradient(d1, h)
+    concave = d2 < 0
+    # runs of consecutive concave grid points
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], concave.astype(int), [0]])))
+    runs = list(zip(edges[::2], edges[1::2], strict=True))
+    # the initial knee: concave stretches ending by the steepest point of the initial drop
+    # (the steepest descent before the curve has done 80% of its total change)
+    half_done = np.abs(yg - yg[0]) < 0.8 * abs(yg[-1] - yg[0])
+    knee = int(np.argmin(np.where(half_done, d1, np.inf))) if half_done.any() else 0
+    runs = [(a, b) for a, b in runs if b > knee + 1]
+    if not runs:
+        return None
+    masses = [float(-d2[a:b].sum() * h) for a, b in runs]
+    i = int(np.argmax(masses))
+    drop = max(float(np.ptp(yg)), 1e-12)
+    if masses[i] < min_depth * drop:
+        return None
+    a, b = runs[i]
+    b = min(b, grid - 1)
+    steep = a + int(np.argmin(d1[a : b + 1]))  # the concave stretch ends at the steepest drop
+    x_start, x_end = xg[a], min(xg[-1], 2 * xg[steep] - xg[a])  # symmetric about it
+    start_step = steps_a[x <= x_start + 1e-12].max()
+    end_step = steps_a[x >= x_end - 1e-12].min()
+    steep_step = steps_a[int(np.argmin(np.abs(x - xg[steep])))]
+    return {
+        "start": float(start_step),
+        "end": float(end_step),
+        "steepest": float(steep_step),
+        "mass": masses[i],
+    }
+
+
+def schedule_index(steps: Sequence[int] | np.ndarray, step: float) -> int:
+    """Index of the schedule step nearest `step` on the log-step axis."""
+    return int(np.argmin(np.abs(log_step(steps) - np.log(float(step) + 1.0))))
+
+
+def phase_changes_coincide(
+    steps: Sequence[int] | np.ndarray,
+    induction_step: float,
+    icl_step: float,
+    bump: dict[str, float] | None,
+    tolerance: int = 1,
+) -> dict[str, object]:
+    """Do the induction jump, the ICL jump and the loss bump fall in the same window?
+
+    Steps are mapped to schedule indices; the induction and ICL steps coincide when their
+    indices differ by <= `tolerance`, and each lies in the bump when its index is within
+    `[index(bump start) - tolerance, index(bump end) + tolerance]`. Returns the indices and
+    `induction_icl`, `induction_bump`, `icl_bump`, `all` booleans.
+    """
+    i_ind, i_icl = schedule_index(steps, induction_step), schedule_index(steps, icl_step)
+    out: dict[str, object] = {"induction_index": i_ind, "icl_index": i_icl}
+    out["induction_icl"] = abs(i_ind - i_icl) <= tolerance
+    if bump is None:
+        out.update(bump_start_index=None, bump_end_index=None)
+        out.update(induction_bump=False, icl_bump=False)
+    else:
+        a, b = schedule_index(steps, bump["start"]), schedule_index(steps, bump["end"])
+        out.update(bump_start_index=a, bump_end_index=b)
+        out["induction_bump"] = a - tolerance <= i_ind <= b + tolerance
+        out["icl_bump"] = a - tolerance <= i_icl <= b + tolerance
+    out["all"] = bool(out["induction_icl"] and out["induction_bump"] and out["icl_bump"])
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Across runs
+# --------------------------------------------------------------------------------------
+
+
+def phase_change_summary(df: pd.DataFrame, value: str = "step", by: str = "size") -> pd.DataFrame:
+    """Spread of the phase-change step across seeds, per group.
+
+    `df` has one row per run with columns `by` and `value`. Returns per group: `n, mean,
+    sd` (ddof=1), `min, max, range`, and `log_mean, log_sd` on the `log(step+1)` axis.
+    """
+    for col in (by, value):
+        if col not in df.columns:
+            raise SeedscopeError(
+                f"Column {col!r} missing.", f"pass a frame with {by!r}, {value!r}."
+            )
+    rows = []
+    for key, g in df.groupby(by, sort=False):
+        v = g[value].to_numpy(float)
+        lv = np.log(v + 1)
+        rows.append(
+            {
+                by: key,
+                "n": v.size,
+                "mean": v.mean(),
+                "sd": v.std(ddof=1) if v.size > 1 else np.nan,
+                "min": v.min(),
+                "max": v.max(),
+                "range": np.ptp(v),
+                "log_mean": lv.mean(),
+                "log_sd": lv.std(ddof=1) if v.size > 1 else np.nan,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def compare_sizes(
+    df: pd.DataFrame, a: str = "small", b: str = "medium", value: str = "step", by: str = "size"
+) -> dict[str, float]:
+    """Size `b` minus size `a` in phase-change step: difference of means (steps and
+    log-steps) and a two-sided Mann-Whitney U p-value (exact for small groups)."""
+    va = df.loc[df[by] == a, value].to_numpy(float)
+    vb = df.loc[df[by] == b, value].to_numpy(float)
+    if va.size == 0 or vb.size == 0:
+        raise SeedscopeError(f"Need runs of both sizes {a!r} and {b!r}.", f"check column {by!r}.")
+    p = float(stats.mannwhitneyu(vb, va, alternative="two-sided").pvalue)
+    return {
+        "n_a": va.size,
+        "n_b": vb.size,
+        "mean_diff": float(vb.mean() - va.mean()),
+        "log_mean_diff": float(np.log(vb + 1).mean() - np.log(va + 1).mean()),
+        "mannwhitney_p": p,
+    }
+
+
+# --------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------
+
+
+def set_log_step_axis(ax, steps) -> None:  # type: ignore[no-untyped-def]
+    """Log-scale step axis that also shows step 0 (symlog, linear below the first nonzero
+    step), labelled "training step (log scale)"."""
+    positive = np.asarray(steps, dtype=float)
+    positive = positive[positive > 0]
+    ax.set_xscale("symlog", linthresh=float(positive.min()) if positive.size else 1.0)
+    ax.set_xlabel("training step (log scale)")
+
+
+def plot_head_heatmap(scores: pd.DataFrame, metric: str = "induction", title: str = ""):  # type: ignore[no-untyped-def]
+    """Heatmap of a head score (rows `layer.head`, columns checkpoint step) for one run.
+
+    `scores` has columns `step, layer, head, <metric>` (e.g. `head_scores` outputs with a
+    `step` column added). Returns a Figure.
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    df = scores.copy()
+    df["head_name"] = _head_names(df)
+    order = df.drop_duplicates("head_name").sort_values(["layer", "head"])["head_name"]
+    mat = df.pivot_table(index="head_name", columns="step", values=metric).loc[list(order)]
+    fig, ax = plt.subplots(figsize=(max(6, 0.18 * mat.shape[1] + 2), max(3, 0.22 * len(mat) + 1)))
+    sns.heatmap(mat, ax=ax, cmap="viridis", vmin=0, vmax=1, cbar_kws={"label": f"{metric} score"})
+    ax.set_xlabel("checkpoint step")
+    ax.set_ylabel("head (layer.head)")
+    ax.set_title(title or f"{metric} score per head over training")
+    fig.tight_layout()
+    return fig
+
+
+def plot_induction_over_training(
+    curves: pd.DataFrame,
+    detected: dict[str, float] | None = None,
+    labels: dict[str, str] | None = None,
+    run_order: Sequence[str] | None = None,
+    value: str = "induction",
+    title: str = "Best induction head over training",
+):  # type: ignore[no-untyped-def]
+    """Best-head induction score against step (log scale), all seeds overlaid.
+
+    `curves` has columns `run, step, <value>` (e.g. the max over heads per checkpoint);
+    `detected` maps run -> detected phase-change step (drawn as a dashed line); `labels`
+    maps run -> legend label (e.g. `Run.label`, which names the seed); colours come from
+    `seedscope.plots.run_colors(run_order)`.
+    """
+    import matplotlib.pyplot as plt
+
+    from seedscope.plots import run_colors
+
+    runs = list(run_order) if run_order is not None else list(dict.fromkeys(curves["run"]))
+    colors = run_colors(runs)
+    labels = labels or {}
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for run in runs:
+        g = curves[curves["run"] == run].sort_values("step")
+        if g.empty:
+            continue
+        ax.plot(g["step"], g[value], color=colors[run], label=labels.get(run, run), lw=1.5)
+        if detected and run in detected:
+            ax.axvline(float(detected[run]), color=colors[run], ls="--", lw=1)
+    set_log_step_axis(ax, curves["step"])
+    ax.set_xlabel("training step (log scale)")
+    ax.set_ylabel(f"{value} score (attention weight)")
+    ax.set_title(title + ("  (dashed: detected phase change)" if detected else ""))
+    ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,628 @@
+"""Analysis 5: is each token's loss trajectory over training flat, smooth, S-shaped or
+non-monotone, and does the answer (and the transition step) depend on the seed?
+
+Every curve is a token's loss (nats) at each checkpoint, on the step axis
+`x = log(step + 1)`, rescaled to `u = (x - x_first) / (x_last - x_first)` in [0, 1].
+Candidate families (k = number of fitted parameters, BIC = n log(RSS/n) + k log n):
+
+- flat: `c` (k=1)
+- smooth: `c + b*exp(-r u)` or `c + b*(1 + (x - x_first))^(-p)` (k=3; monotone, no plateau
+  before the change)
+- s_shaped: `lo + (hi - lo) * sigmoid((u - m) / w)` with the midpoint m inside the data
+  (k=4): a plateau, a transition at step `exp(x(m)) - 1` of width `w`, a plateau
+- non_monotone: `a + q (u - v)^2` with the vertex v inside, or a two-piece linear curve
+  with slopes of opposite sign and the knee inside (k=3 / k=4)
+
+Fitting is by variable projection: every family is linear in its level/amplitude
+parameters, so for each value of the nonlinear parameters on a fine grid the best linear
+parameters and the residual sum of squares of *all* tokens come from one projection
+(a matrix product). This profiles the likelihood exactly up to grid resolution, is
+vectorised over tokens, and cannot fail to converge. The parameters of S-shaped tokens are
+then refined with `scipy.optimize.least_squares` (bounded) from the grid optimum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import optimize
+from scipy.special import expit
+
+from seedscope.errors import SeedscopeError
+
+CLASSES = ("flat", "smooth", "s_shaped", "non_monotone")
+_K = {"flat": 1, "exp": 3, "power": 3, "logistic": 4, "quadratic": 3, "hinge": 4, "two_step": 6}
+_FAMILY = {
+    "flat": "flat",
+    "exp": "smooth",
+    "power": "smooth",
+    "logistic": "s_shaped",
+    "quadratic": "non_monotone",
+    "hinge": "non_monotone",
+    "two_step": "non_monotone",
+}
+
+
+def log_step(steps: Sequence[int] | np.ndarray) -> np.ndarray:
+    """The step axis of every fit: `log(step + 1)`."""
+    return np.log(np.asarray(steps, dtype=float) + 1.0)
+
+
+# --------------------------------------------------------------------------------------
+# Model grids: for each model, a list of (nonlinear params, basis [n_steps, k_lin])
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Grid:
+    model: str
+    params: np.ndarray  # [G, n_nonlinear]
+    q: np.ndarray  # [G, n_steps, k_lin] orthonormal basis of each design
+    coef_map: np.ndarray  # [G, k_lin, k_lin]: linear coefs = coef_map @ (Q^T y)
+    flat_q32: np.ndarray  # [n_steps, G*k_lin] float32, all bases side by side
+    designs: np.ndarray  # [G, n_steps, k_lin] the design matrices themselves
+
+
+def _design_grid(model: str, u: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nonlinear parameter grid [G, p] and design matrices [G, n, k_lin] for a model."""
+    one = np.ones_like(u)
+    if model == "flat":
+        return np.zeros((1, 0)), one[None, :, None]
+    if model == "exp":
+        rates = np.concatenate([[0.0], np.geomspace(0.05, 40, 60)])
+        cols = [u if r == 0 else np.expm1(-r * u) / r for r in rates]  # r=0 -> linear limit
+        return rates[:, None], np.stack([np.stack([one, c], axis=1) for c in cols])
+    if model == "power":
+        powers = np.geomspace(0.05, 8, 50)
+        base = 1.0 + (x - x[0])
+        return powers[:, None], np.stack([np.stack([one, base**-p], axis=1) for p in powers])
+    if model == "logistic":
+        gaps = np.diff(u)
+        mids = np.linspace(0.0, 1.0, 121)
+        widths = np.geomspace(max(gaps.min() / 4, 2e-3), 0.35, 30)
+        m, w = np.meshgrid(mids, widths, indexing="ij")
+        params = np.stack([m.ravel(), w.ravel()], axis=1)
+        designs = np.stack([np.stack([one, expit((u - a) / b)], axis=1) for a, b in params])
+        return params, designs
+    if model == "quadratic":
+        verts = np.linspace(0.1, 0.9, 81)
+        return verts[:, None], np.stack([np.stack([one, (u - v) ** 2], axis=1) for v in verts])
+    if model == "hinge":
+        knots = np.linspace(0.1, 0.9, 81)
+        designs = np.stack(
+            [np.stack([one, np.minimum(u - k, 0), np.maximum(u - k, 0)], axis=1) for k in knots]
+        )
+        return knots[:, None], designs
+    if model == "two_step":  # two logistic steps (shared width), one down and one up
+        mids = np.linspace(0.05, 0.95, 37)
+        widths = np.geomspace(max(np.diff(u).min() / 2, 5e-3), 0.12, 5)
+        params = np.array([(a, b, w) for a in mids for b in mids if b > a + 0.05 for w in widths])
+        designs = np.stack(
+            [np.stack([one, expit((u - a) / w), expit((u - b) / w)], axis=1) for a, b, w in params]
+        )
+        return params, designs
+    raise ValueError(model)
+
+
+def _build_grid(model: str, u: np.ndarray, x: np.ndarray) -> _Grid:
+    params, designs = _design_grid(model, u, x)
+    q, r = np.linalg.qr(designs)  # [G, n, k], [G, k, k]
+    # designs may be near-singular (e.g. a sigmoid that is ~constant over the data):
+    # pseudo-inverse of R gives the minimum-norm coefficients, and RSS stays correct
+    coef_map = np.linalg.pinv(r)
+    g, n, k = q.shape
+    flat_q32 = np.ascontiguousarray(q.transpose(1, 0, 2).reshape(n, g * k), dtype=np.float32)
+    return _Grid(model, params, q, coef_map, flat_q32, designs)
+
+
+# --------------------------------------------------------------------------------------
+# Classification
+# --------------------------------------------------------------------------------------
+
+
+def _prepare(losses: np.ndarray, steps: Sequence[int] | np.ndarray) -> tuple[np.ndarray, ...]:
+    y = np.asarray(losses, dtype=float)
+    st = np.asarray(steps, dtype=float)
+    if y.ndim not in (2, 3) or y.shape[-1] != st.size:
+        raise SeedscopeError(
+            f"losses must be [n_tokens, n_steps] or [n_runs, n_tokens, n_steps] with "
+            f"n_steps = len(steps) = {st.size}; got shape {y.shape}.",
+            "pass one column per checkpoint step.",
+        )
+    if st.size < 8:
+        raise SeedscopeError(
+            f"Only {st.size} checkpoint steps: too few to tell curve shapes apart.",
+            "use at least 8 steps (the mini and CRFM schedules have ~50 or more).",
+        )
+    if np.any(np.diff(st) <= 0):
+        raise SeedscopeError("Steps must increase strictly.", "sort the steps and their columns.")
+    if not np.all(np.isfinite(y)):
+        raise SeedscopeError(
+            "losses contain NaN or inf.", "drop tokens with missing checkpoints first."
+        )
+    return y, st
+
+
+def classify_trajectories(
+    losses: np.ndarray,
+    steps: Sequence[int] | np.ndarray,
+    run_names: Sequence[str] | None = None,
+    margin: float = 6.0,
+    refine: bool = True,
+    n_jobs: int = 1,
+    chunk: int = 1024,
+) -> pd.DataFrame:
+    """Classify each loss trajectory as flat / smooth / s_shaped / non_monotone by BIC.
+
+    `losses [n_tokens, n_steps]` or `[n_runs, n_tokens, n_steps]` (nats) at `steps
+    [n_steps]` (checkpoint steps, 0 allowed). Returns one row per (run, token): `run` (name
+    or index; only for 3-d input), `token` (index), `class`, `model` (best family member:
+    flat/exp/power/logistic/quadratic/hinge), `direction` (down/up for monotone classes,
+    rise_fall/fall_rise for non_monotone, none for flat), `start_loss` / `end_loss` (fitted
+    value at the first / last step), `transition_step` and `width` (log-step units; the
+    logistic fit of every token, meaningful where class is s_shaped), `resid_sd` (residual sd
+    of the chosen fit, sqrt(RSS/(n-k))), and `bic_<class>` for each class (the best member).
+    Classes are tried from simple to complex (flat, smooth, s_shaped, non_monotone); a more
+    complex class replaces the current one only if its BIC is lower by more than `margin`
+    (6 = "strong evidence", Kass & Raftery 1995), which keeps noise from being read as shape
+    when two families fit almost equally (e.g. a gentle decay and a quadratic).
+    Step 0 (initialisation, ~log(vocab) for every token) dominates any curve that includes
+    it; drop it (and other early columns) before classifying if the question is later
+    dynamics.
+    With `refine`, the logistic parameters of S-shaped tokens are polished with scipy
+    `least_squares` (`n_jobs` > 1 runs that with joblib). Token curves are processed in
+    chunks of `chunk` tokens to bound memory.
+    """
+    y, st = _prepare(losses, steps)
+    n_runs = y.shape[0] if y.ndim == 3 else None
+    flat_y = y.reshape(-1, y.shape[-1])
+    x = log_step(st)
+    u = (x - x[0]) / (x[-1] - x[0])
+    n = x.size
+    grids = {m: _build_grid(m, u, x) for m in _K}
+    parts = [
+        _classify_chunk(flat_y[i : i + chunk], grids, u, x, margin)
+        for i in range(0, flat_y.shape[0], chunk)
+    ]
+    df = pd.concat(parts, ignore_index=True)
+    df.insert(0, "token", np.arange(len(df)) % (y.shape[-2]))
+    if n_runs is not None:
+        names = list(run_names) if run_names is not None else list(range(n_runs))
+        if len(names) != n_runs:
+            raise SeedscopeError(
+                f"{len(names)} run names for {n_runs} runs.", "pass one name per run."
+            )
+        df.insert(0, "run", np.repeat(names, y.shape[-2]))
+    if refine:
+        idx = np.flatnonzero(df["class"].to_numpy() == "s_shaped")
+        if idx.size:
+            start = df.loc[idx, ["_lo", "_hi", "_m", "_w"]].to_numpy()
+            fitted = _refine_logistic(flat_y[idx], u, start, n_jobs=n_jobs)
+            df.loc[idx, ["_lo", "_hi", "_m", "_w"]] = fitted
+            res = flat_y[idx] - _logistic(u[None, :], *fitted.T[:, :, None])
+            df.loc[idx, "resid_sd"] = np.sqrt((res**2).sum(axis=1) / (n - _K["logistic"]))
+            df.loc[idx, "start_loss"] = _logistic(u[0], *fitted.T)
+            df.loc[idx, "end_loss"] = _logistic(u[-1], *fitted.T)
+    span = x[-1] - x[0]
+    df["transition_step"] = np.exp(x[0] + df["_m"] * span) - 1.0
+    df["width"] = df["_w"] * span
+    df = df.drop(columns=["_lo", "_hi", "_m", "_w"])
+    front = [c for c in ("run", "token") if c in df.columns]
+    rest = ["class", "model", "direction", "start_loss", "end_loss", "transition_step", "width"]
+    rest += ["resid_sd"] + [f"bic_{c}" for c in CLASSES]
+    return df[front + rest]
+
+
+def _logistic(u, lo, hi, m, w):  # type: ignore[no-untyped-def]
+    return lo + (hi - lo) * expit((u - m) / w)
+
+
+def _classify_chunk(
+    y: np.ndarray, grids: dict[str, _Grid], u: np.ndarray, x: np.ndarray, margin: float
+) -> pd.DataFrame:
+    n_tok, n = y.shape
+    # every design contains the constant column, so centring y leaves each RSS unchanged
+    # and lets the grid search run in float32 without cancellation trouble
+    mean = y.mean(axis=1)
+    yc = y - mean[:, None]
+    yy = (yc**2).sum(axis=1)  # [T]
+    yc32 = yc.astype(np.float32)
+    floor = 1e-8 * max(float(np.mean(yy)), 1e-12)
+    bic, best_g, best_coef = {}, {}, {}
+    for model, grid in grids.items():
+        g_, _, k_ = grid.q.shape
+        proj = (yc32 @ grid.flat_q32).reshape(n_tok, g_, k_)  # [T, G, k]: Q^T y per design
+        rss = yy[:, None].astype(np.float32) - np.einsum("tgk,tgk->tg", proj, proj)
+        if model in ("hinge", "two_step"):  # only opposite signs make a non-monotone curve
+            cm = grid.coef_map.astype(np.float32)
+            c1 = np.einsum("gj,tgj->tg", cm[:, 1], proj)
+            c2 = np.einsum("gj,tgj->tg", cm[:, 2], proj)
+            rss = np.where(c1 * c2 < 0, rss, np.inf)
+        g = np.argmin(rss, axis=1)
+        # exact (float64) RSS and coefficients at the chosen grid point
+        proj64 = np.einsum("tn,tnk->tk", yc, grid.q[g])
+        rss_best = np.maximum(yy - (proj64**2).sum(axis=1), floor)
+        bic[model] = n * np.log(rss_best / n) + _K[model] * np.log(n)
+        best_g[model] = g
+        coef = np.einsum("tij,tj->ti", grid.coef_map[g], proj64)
+        coef[:, 0] += mean  # the first design column is the constant
+        best_coef[model] = coef
+    models = list(grids)
+    # best member of each class, then the simplest class unless a more complex one beats
+    # the current choice by more than `margin` BIC units (classes in order of complexity)
+    best_member = {}
+    for cls in CLASSES:
+        members = [j for j, m in enumerate(models) if _FAMILY[m] == cls]
+        mat = np.stack([bic[models[j]] for j in members], axis=1)
+        best_member[cls] = (np.array(members)[np.argmin(mat, axis=1)], mat.min(axis=1))
+    choice, current = best_member["flat"][0].copy(), best_member["flat"][1].copy()
+    for cls in CLASSES[1:]:
+        j, b = best_member[cls]
+        better = b < current - margin
+        choice = np.where(better, j, choice)
+        current = np.where(better, b, current)
+    # fitted curves of the chosen model, for start/end loss, direction and residual sd
+    fitted = np.empty_like(y)
+    for j, model in enumerate(models):
+        sel = np.flatnonzero(choice == j)
+        if sel.size:
+            fitted[sel] = _curves(grids[model], best_g[model][sel], best_coef[model][sel])
+    chosen = np.array(models)[choice]
+    klass = np.array([_FAMILY[m] for m in chosen])
+    k = np.array([_K[m] for m in chosen])
+    resid_sd = np.sqrt(((y - fitted) ** 2).sum(axis=1) / np.maximum(n - k, 1))
+    direction = np.where(fitted[:, -1] < fitted[:, 0], "down", "up")
+    interior_max = fitted[:, 1:-1].max(axis=1) > np.maximum(fitted[:, 0], fitted[:, -1])
+    direction = np.where(
+        klass == "non_monotone", np.where(interior_max, "rise_fall", "fall_rise"), direction
+    )
+    direction = np.where(klass == "flat", "none", direction)
+    # logistic parameters of every token (reported where class is s_shaped)
+    lg = grids["logistic"]
+    m_w = lg.params[best_g["logistic"]]
+    # design = [1, sigmoid]: lo = c0, hi = c0 + c1
+    c = best_coef["logistic"]
+    out = pd.DataFrame(
+        {
+            "class": klass,
+            "model": chosen,
+            "direction": direction,
+            "start_loss": fitted[:, 0],
+            "end_loss": fitted[:, -1],
+            "resid_sd": resid_sd,
+            "_lo": c[:, 0],
+            "_hi": c[:, 0] + c[:, 1],
+            "_m": m_w[:, 0],
+            "_w": m_w[:, 1],
+        }
+    )
+    for cls in CLASSES:
+        members = [m for m in models if _FAMILY[m] == cls]
+        out[f"bic_{cls}"] = np.min(np.stack([bic[m] for m in members], axis=1), axis=1)
+    return out
+
+
+def _curves(grid: _Grid, g: np.ndarray, coef: np.ndarray) -> np.ndarray:
+    """Fitted curves `[rows, n_steps]` from each row's grid index and linear coefficients."""
+    return np.einsum("rnk,rk->rn", grid.designs[g], coef)
+
+
+def _refine_logistic(
+    y: np.ndarray, u: np.ndarray, start: np.ndarray, n_jobs: int = 1
+) -> np.ndarray:
+    """Polish logistic fits with bounded least squares; `y [T, n]`, `start [T, 4]`
+    (lo, hi, m, w) -> `[T, 4]`. The midpoint stays in [0, 1] and the width in
+    [min gap / 10, 1]; a failed fit keeps its grid start."""
+    w_min = float(np.diff(u).min()) / 10
+
+    def one(yi: np.ndarray, p0: np.ndarray) -> np.ndarray:
+        amp = max(float(np.ptp(yi)), 1e-6)
+        lower = [yi.min() - amp, yi.min() - amp, 0.0, w_min]
+        upper = [yi.max() + amp, yi.max() + amp, 1.0, 1.0]
+        p0 = np.clip(p0, np.array(lower) + 1e-9, np.array(upper) - 1e-9)
+        try:
+            fit = optimize.least_squares(
+                lambda p: _logistic(u, *p) - yi, p0, bounds=(lower, upper), method="trf"
+            )
+        except (ValueError, np.linalg.LinAlgError):
+            return p0
+        better = np.sum(fit.fun**2) <= np.sum((_logistic(u, *p0) - yi) ** 2)
+        return fit.x if fit.success and better else p0
+
+    if n_jobs == 1:
+        return np.array([one(yi, p0) for yi, p0 in zip(y, start, strict=True)])
+    from joblib import Parallel, delayed
+
+    chunks = np.array_split(np.arange(len(y)), max(1, min(len(y), 4 * abs(n_jobs))))
+    res = Parallel(n_jobs=n_jobs)(
+        delayed(lambda ix: np.array([one(y[i], start[i]) for i in ix]))(ix) for ix in chunks
+    )
+    return np.concatenate(res)
+
+
+def estimate_noise(losses: np.ndarray, steps: Sequence[int] | np.ndarray) -> float:
+    """Typical noise of real curves: median over tokens (and runs) of the residual sd of
+    the BIC-chosen fit (`losses [..., n_tokens, n_steps]`, nats)."""
+    return float(classify_trajectories(losses, steps, refine=False)["resid_sd"].median())
+
+
+# --------------------------------------------------------------------------------------
+# Validation on synthetic curves of known class
+# --------------------------------------------------------------------------------------
+
+
+def synthetic_trajectories(
+    n_per_class: int,
+    steps: Sequence[int] | np.ndarray,
+    noise_sd: float,
+    seed: int,
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """Noisy loss curves of known class, shaped like token trajectories.
+
+    Returns `(losses [4*n_per_class, n_steps], truth)` where `truth` has `class` and the
+    planted `transition_step` (S-shaped only, else NaN), `start_loss`, `end_loss`. Curves
+    span 2-5 nats and end at 1-5 nats; Gaussian noise of sd `noise_sd`. Shapes on
+    `u = rescaled log(step+1)`:
+    flat: a constant; smooth: `end + A exp(-r u)` (r in [1, 6]) or a power law in log-step;
+    s_shaped: `end + A sigmoid(-(u - m)/w)`, m between the 20% and 80% quantiles of the
+    checkpoints' u (so both plateaus are sampled), w in [0.015, 0.06]; non_monotone: two
+    logistic steps of opposite sign and their own widths (fall then rise, or rise then
+    fall, a realised reversal >= 1 nat), between the 10% and 90% quantiles.
+    """
+    st = np.asarray(steps, dtype=float)
+    x = log_step(st)
+    u = (x - x[0]) / (x[-1] - x[0])
+    # place transitions where the schedule has checkpoints (quantiles of the steps on u)
+    q10, q20, q50, q80, q90 = np.quantile(u, [0.1, 0.2, 0.5, 0.8, 0.9])
+    rng = np.random.default_rng(seed)
+    n = n_per_class
+    curves, rows = [], []
+    for cls in CLASSES:
+        for _ in range(n):
+            end = rng.uniform(1, 5)
+            amp = rng.uniform(2, 5)
+            trans = np.nan
+            if cls == "flat":
+                c = np.full_like(u, rng.uniform(2, 8))
+            elif cls == "smooth":
+                if rng.random() < 0.5:
+                    r = rng.uniform(1, 6)
+                    c = end + amp * (np.exp(-r * u) - np.exp(-r)) / (1 - np.exp(-r))
+                else:
+                    p = rng.uniform(0.5, 3)
+                    b = (1 + (x - x[0])) ** -p
+                    c = end + amp * (b - b[-1]) / (b[0] - b[-1])
+            elif cls == "s_shaped":
+                m, w = rng.uniform(q20, q80), rng.uniform(0.015, 0.06)
+                c = end + amp * expit(-(u - m) / w)
+                trans = float(np.exp(x[0] + m * (x[-1] - x[0])) - 1)
+            else:
+                c = _two_step_curve(rng, u, end, amp, (q10, q50, q90))
+            curves.append(c + rng.normal(0, noise_sd, u.size))
+            rows.append(
+                {"class": cls, "transition_step": trans, "start_loss": c[0], "end_loss": c[-1]}
+            )
+    return np.array(curves), pd.DataFrame(rows)
+
+
+def _two_step_curve(
+    rng: np.random.Generator, u: np.ndarray, end: float, amp: float, q: tuple[float, ...]
+) -> np.ndarray:
+    """Fall then rise (or rise then fall): two logistic steps of opposite sign, redrawn until
+    the realised reversal (rise after the minimum, or fall after the maximum) is >= 1 nat."""
+    q10, q50, q90 = q
+    while True:
+        m1 = rng.uniform(q10, q50)
+        m2 = rng.uniform(m1 + (q90 - q10) / 4, q90)
+        w1, w2 = rng.uniform(0.03, 0.08, 2)
+        back = rng.uniform(1.5, 3.0)
+        sign = 1.0 if rng.random() < 0.5 else -1.0  # +1: fall then rise
+        c = sign * (amp * expit(-(u - m1) / w1) + back * expit((u - m2) / w2))
+        reversal = c[-1] - c.min() if sign > 0 else c.max() - c[-1]
+        if reversal >= 1.0:
+            return c - c[-1] + end
+
+
+def confusion_matrix(true: Sequence[str], predicted: Sequence[str]) -> pd.DataFrame:
+    """Row-normalised confusion matrix (rows: true class, columns: predicted), classes in
+    the order of `CLASSES`; the diagonal is the per-class recall."""
+    from sklearn.metrics import confusion_matrix as sk_confusion
+
+    m = sk_confusion(list(true), list(predicted), labels=list(CLASSES), normalize="true")
+    return pd.DataFrame(m, index=pd.Index(CLASSES, name="true"), columns=list(CLASSES))
+
+
+# --------------------------------------------------------------------------------------
+# Path dependence
+# --------------------------------------------------------------------------------------
+
+
+def s_shaped_fraction_difference(
+    divergent: pd.DataFrame,
+    baseline: pd.DataFrame,
+    n_boot: int = 2000,
+    seed: int = 0,
+    ci: float = 0.95,
+) -> pd.DataFrame:
+    """Fraction of S-shaped trajectories among seed-divergent tokens minus among a random
+    baseline set, with bootstrap CIs.
+
+    Both frames have columns `run, class` (one row per token and run). The estimate is the
+    mean over runs of the per-run difference in S-shaped fraction. CIs (percentile, `ci`)
+    come from resampling tokens within each run and set (done exactly and fast: the
+    S-shaped count of a resample is binomial), from resampling runs, and from both
+    (runs, then tokens). Returns one row per scheme: `scheme, estimate, ci_low, ci_high,
+    divergent_frac, baseline_frac, n_runs`.
+    """
+    for name, frame in (("divergent", divergent), ("baseline", baseline)):
+        if not {"run", "class"} <= set(frame.columns):
+            raise SeedscopeError(
+                f"{name} lacks columns run/class.", "pass classify_trajectories output."
+            )
+    runs = sorted(set(divergent["run"]) & set(baseline["run"]), key=str)
+    if not runs:
+        raise SeedscopeError(
+            "No run appears in both sets.", "classify both sets for the same runs."
+        )
+
+    def counts(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        g = frame.assign(s=frame["class"] == "s_shaped").groupby("run")["s"]
+        return g.sum().reindex(runs).to_numpy(float), g.size().reindex(runs).to_numpy(float)
+
+    kd, nd = counts(divergent)
+    kb, nb = counts(baseline)
+    pd_, pb = kd / nd, kb / nb
+    rng = np.random.default_rng(seed)
+    a = (1 - ci) / 2
+    r = len(runs)
+    by_tokens = (rng.binomial(nd.astype(int), pd_, (n_boot, r)) / nd) - (
+        rng.binomial(nb.astype(int), pb, (n_boot, r)) / nb
+    )
+    pick = rng.integers(0, r, (n_boot, r))
+    by_runs = (pd_ - pb)[pick]
+    both = (rng.binomial(nd[pick].astype(int), pd_[pick]) / nd[pick]) - (
+        rng.binomial(nb[pick].astype(int), pb[pick]) / nb[pick]
+    )
+    rows = []
+    for scheme, boot in (("tokens", by_tokens), ("runs", by_runs), ("runs+tokens", both)):
+        lo, hi = np.quantile(boot.mean(axis=1), [a, 1 - a])
+        rows.append(
+            {
+                "scheme": scheme,
+                "estimate": float(np.mean(pd_ - pb)),
+                "ci_low": float(lo),
+                "ci_high": float(hi),
+                "divergent_frac": float(pd_.mean()),
+                "baseline_frac": float(pb.mean()),
+                "n_runs": r,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def transition_spread(classes: pd.DataFrame, min_runs: int = 2) -> pd.DataFrame:
+    """For each token, how much its transition step and final loss vary across seeds.
+
+    `classes` has columns `run, token, class, transition_step, end_loss` (the
+    `classify_trajectories` output for 3-d input). Per token: `n_runs`, `n_s_shaped`; over
+    the runs where it is S-shaped (when there are >= `min_runs`): `transition_sd_log10`,
+    `transition_range_log10` (decades), `transition_min`, `transition_max` (steps),
+    `end_loss_sd`, `end_loss_range` (nats, over those runs). Tokens S-shaped in fewer runs
+    get NaN spreads.
+    """
+    need = {"run", "token", "class", "transition_step", "end_loss"}
+    if not need <= set(classes.columns):
+        raise SeedscopeError(
+            f"classes lacks {sorted(need - set(classes.columns))}.",
+            "pass classify_trajectories output for [n_runs, n_tokens, n_steps] losses.",
+        )
+    df = classes.copy()
+    df["s"] = df["class"] == "s_shaped"
+    base = df.groupby("token").agg(n_runs=("run", "nunique"), n_s_shaped=("s", "sum"))
+    s = df[df["s"]].assign(lt=lambda d: np.log10(d["transition_step"] + 1.0))
+    g = s.groupby("token")
+    spread = pd.DataFrame(
+        {
+            "transition_sd_log10": g["lt"].std(ddof=1),
+            "transition_range_log10": g["lt"].max() - g["lt"].min(),
+            "transition_min": g["transition_step"].min(),
+            "transition_max": g["transition_step"].max(),
+            "end_loss_sd": g["end_loss"].std(ddof=1),
+            "end_loss_range": g["end_loss"].max() - g["end_loss"].min(),
+        }
+    )
+    out = base.join(spread)
+    few = out["n_s_shaped"] < min_runs
+    out.loc[few, spread.columns] = np.nan
+    return out.reset_index()
+
+
+# --------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------
+
+
+def _log_step_axis(ax, steps) -> None:  # type: ignore[no-untyped-def]
+    positive = np.asarray(steps, dtype=float)
+    positive = positive[positive > 0]
+    ax.set_xscale("symlog", linthresh=float(positive.min()) if positive.size else 1.0)
+    ax.set_xlabel("training step (log scale)")
+
+
+def plot_class_examples(
+    losses: np.ndarray,
+    steps: Sequence[int] | np.ndarray,
+    classes: pd.DataFrame,
+    run_names: Sequence[str],
+    labels: dict[str, str] | None = None,
+    seed: int = 0,
+):  # type: ignore[no-untyped-def]
+    """One example token per class, every seed overlaid.
+
+    `losses [n_runs, n_tokens, n_steps]`; `classes` from `classify_trajectories` on it
+    (with `run_names`). For each class the example is drawn (with `seed`) among the tokens
+    that most runs put in that class. `labels` maps run -> legend label (e.g. `Run.label`).
+    """
+    import matplotlib.pyplot as plt
+
+    from seedscope.plots import run_colors
+
+    y = np.asarray(losses, dtype=float)
+    colors = run_colors(list(run_names))
+    labels = labels or {}
+    votes = classes.groupby(["token", "class"]).size().unstack(fill_value=0)
+    rng = np.random.default_rng(seed)
+    fig, axes = plt.subplots(1, len(CLASSES), figsize=(4 * len(CLASSES), 3.4), sharey=False)
+    for ax, cls in zip(axes, CLASSES, strict=True):
+        if cls not in votes.columns or votes[cls].max() == 0:
+            ax.set_title(f"{cls}: no token")
+            ax.set_axis_off()
+            continue
+        best = votes.index[votes[cls] == votes[cls].max()].to_numpy()
+        tok = int(rng.choice(best))
+        for i, run in enumerate(run_names):
+            ax.plot(steps, y[i, tok], color=colors[run], lw=1.2, label=labels.get(run, str(run)))
+        _log_step_axis(ax, steps)
+        ax.set_ylabel("loss (nats)")
+        ax.set_title(
+            f"{cls.replace('_', '-')}: token {tok} ({votes.loc[tok, cls]}/{len(run_names)} runs)"
+        )
+    axes[0].legend(fontsize=7, frameon=False)
+    fig.suptitle("Example per-token loss trajectories, all seeds")
+    fig.tight_layout()
+    return fig
+
+
+def plot_transition_steps(classes: pd.DataFrame, hue: str = "run", title: str = ""):  # type: ignore[no-untyped-def]
+    """Histogram of transition steps (log scale) of S-shaped trajectories, by `hue`
+    (e.g. `run`, or a `set` column for divergent vs baseline tokens)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    s = classes[classes["class"] == "s_shaped"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    palette = None
+    if hue == "run":
+        from seedscope.plots import run_colors
+
+        palette = run_colors(list(dict.fromkeys(classes["run"])))
+    sns.histplot(
+        data=s,
+        x="transition_step",
+        hue=hue if hue in s.columns else None,
+        log_scale=True,
+        element="step",
+        fill=False,
+        ax=ax,
+        palette=palette,
+        common_norm=False,
+        stat="density",
+    )
+    ax.set_xlabel("transition step (log scale)")
+    ax.set_ylabel("density (per log10 step)")
+    ax.set_title(title or "Transition steps of S-shaped loss trajectories")
+    fig.tight_layout()
+    return fig
