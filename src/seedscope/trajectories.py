@@ -626,3 +626,26 @@ def plot_transition_steps(classes: pd.DataFrame, hue: str = "run", title: str = 
     ax.set_title(title or "Transition steps of S-shaped loss trajectories")
     fig.tight_layout()
     return fig
+
+
+def plot_confusion(confusion: pd.DataFrame, noise_sd: float):  # type: ignore[no-untyped-def]
+    """Row-normalised confusion matrix of the shape classifier on synthetic curves."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    sns.heatmap(
+        confusion,
+        annot=True,
+        fmt=".2f",
+        vmin=0,
+        vmax=1,
+        cmap="Blues",
+        ax=ax,
+        cbar_kws={"label": "fraction of true class"},
+    )
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true (planted) class")
+    ax.set_title(f"Shape classifier on synthetic curves (noise sd {noise_sd:.2f} nats)")
+    fig.tight_layout()
+    return fig

@@ -755,3 +755,138 @@ def behaviours_stage(suite: dict[str, Any], behaviours: dict[str, Any]):
         "figures": figs,
         "metrics": metrics,
     }
+
+
+# ----------------------------------------------------------------------------- analysis 5
+
+
+def trajectory_losses(resolved: ResolvedSuite, min_step: int = 1):
+    """Losses `[n_runs, n_subset, n_steps]` on the trajectory subset, the steps, and the
+    selection table. Steps below `min_step` are dropped: at initialisation every token's
+    loss is ~log(vocab), which would make every curve start with the same drop."""
+    import numpy as np
+
+    from seedscope.losses import load_trajectories
+
+    selection = trajectory_selection()
+    stacks, steps = [], None
+    for run in resolved.run_names:
+        run_steps, values = load_trajectories(token_losses_root(resolved), run)
+        if steps is not None and not np.array_equal(steps, run_steps):
+            raise ValueError(f"run {run} has trajectory steps that differ from the others")
+        steps = run_steps
+        stacks.append(-values)
+    losses = np.stack(stacks)
+    keep = steps >= min_step
+    return losses[:, :, keep], steps[keep], selection
+
+
+def trajectories_stage(suite: dict[str, Any], trajectories: dict[str, Any]):
+    """Stage `trajectories` (analysis 5): shapes of per-token loss curves, path dependence."""
+    import numpy as np
+
+    from seedscope import trajectories as tj
+    from seedscope.io import write_parquet
+    from seedscope.metrics import headline, write_metrics
+    from seedscope.plots import register_figure
+
+    resolved = resolve_suite(suite)
+    cfg = stage_config("trajectories", trajectories)
+    out, _ = fresh_outputs("trajectories")
+    losses, steps, selection = trajectory_losses(resolved)
+    runs = resolved.run_names
+    classes = tj.classify_trajectories(losses, steps, run_names=runs)
+    classes["set"] = selection["set"].to_numpy()[classes["token"].to_numpy()]
+    write_parquet(out / "classes.parquet", classes)
+    noise = tj.estimate_noise(losses.reshape(-1, losses.shape[-1]), steps)
+    synth, truth = tj.synthetic_trajectories(cfg.n_synthetic, steps, noise, cfg.seed)
+    predicted = tj.classify_trajectories(synth, steps)
+    confusion = tj.confusion_matrix(truth["class"], predicted["class"])
+    accuracy = float(np.mean(truth["class"].to_numpy() == predicted["class"].to_numpy()))
+    write_parquet(out / "confusion.parquet", confusion.reset_index(names="true_class"))
+    divergent = classes[classes["set"] == "divergent"]
+    baseline = classes[classes["set"] == "random"]
+    path = tj.s_shaped_fraction_difference(divergent, baseline, n_boot=cfg.n_boot, seed=cfg.seed)
+    write_parquet(out / "path_dependence.parquet", path)
+    spread = tj.transition_spread(divergent)
+    write_parquet(out / "transition_spread.parquet", spread)
+    fractions = classes.groupby(["set", "class"]).size() / classes.groupby("set").size()
+    fractions = fractions.rename("fraction").reset_index()
+    write_parquet(out / "class_fractions.parquet", fractions)
+    labels = run_labels(resolved)
+    div_tokens = np.flatnonzero(selection["set"].to_numpy() == "divergent")
+    div_classes = divergent.assign(token=np.searchsorted(div_tokens, divergent["token"]))
+    figs = [
+        register_figure(
+            tj.plot_class_examples(
+                losses[:, div_tokens], steps, div_classes, runs, labels, cfg.seed
+            ),
+            "trajectories",
+            "class_examples",
+            "Example loss trajectories of each shape, all seeds",
+            "seedscope.trajectories.plot_class_examples",
+            key=True,
+        ),
+        register_figure(
+            tj.plot_transition_steps(classes[classes["class"] == "s_shaped"]),
+            "trajectories",
+            "transition_steps",
+            "When S-shaped tokens make their transition",
+            "seedscope.trajectories.plot_transition_steps",
+        ),
+        register_figure(
+            tj.plot_confusion(confusion, noise),
+            "trajectories",
+            "confusion",
+            "Validation of the shape classifier on synthetic curves",
+            "seedscope.trajectories.plot_confusion",
+        ),
+    ]
+    both = path[path["scheme"] == path["scheme"].iloc[-1]].iloc[0]
+    valid_spread = spread.dropna(subset=["transition_sd_log10"])
+    heads = {
+        "s_fraction_difference": headline(
+            both["estimate"],
+            "S-shaped fraction, seed-divergent minus random tokens "
+            f"(CI resampling {both['scheme']})",
+            (both["ci_low"], both["ci_high"]),
+        ),
+        "s_fraction_divergent": headline(
+            both["divergent_frac"], "fraction of seed-divergent token curves S-shaped"
+        ),
+        "s_fraction_random": headline(
+            both["baseline_frac"], "fraction of random token curves S-shaped"
+        ),
+        "classifier_accuracy": headline(
+            accuracy,
+            f"shape classifier accuracy on synthetic "
+            f"curves at the real noise level ({noise:.2f} nats)",
+        ),
+    }
+    if len(valid_spread):
+        heads["transition_sd_decades"] = headline(
+            float(valid_spread["transition_sd_log10"].median()),
+            "median across tokens of the sd across seeds of the transition step (decades)",
+        )
+    metrics = write_metrics(
+        "trajectories",
+        heads,
+        details={
+            "class_fractions": fractions.to_dict("records"),
+            "noise_sd": noise,
+            "path_dependence": path.to_dict("records"),
+        },
+        provenance=stage_provenance("trajectories", resolved, [int(s) for s in steps], cfg),
+    )
+    return {
+        "classes": classes,
+        "confusion": confusion,
+        "accuracy": accuracy,
+        "noise": noise,
+        "path": path,
+        "spread": spread,
+        "fractions": fractions,
+        "figures": figs,
+        "metrics": metrics,
+        "steps": steps,
+    }
