@@ -890,3 +890,352 @@ def trajectories_stage(suite: dict[str, Any], trajectories: dict[str, Any]):
         "metrics": metrics,
         "steps": steps,
     }
+
+
+# ----------------------------------------------------------------------------- corpus
+
+
+def corpus_stage(corpus: dict[str, Any]) -> dict[str, Any]:
+    """Stage `corpus`: build the eval (and, for the mini-suite, train) tokens and metadata."""
+    from seedscope.corpus import build_corpus
+    from seedscope.metrics import headline, write_metrics
+    from seedscope.paths import corpus_dir
+
+    cfg = stage_config("corpus", corpus)
+    stats = build_corpus(cfg, corpus_dir())
+    _, meta = load_eval_data()
+    heads = {
+        "n_train_tokens": headline(stats["train"]["n_tokens"], "train tokens"),
+        "n_eval_tokens": headline(len(meta), "eval tokens (windows x window length)"),
+    }
+    metrics = write_metrics(
+        "corpus",
+        heads,
+        details={"stats": stats},
+        provenance=provenance(stage="corpus", params_hash=params_hash(cfg)),
+    )
+    return {"stats": stats, "meta": meta, "metrics": metrics, "config": cfg}
+
+
+def tag_summary(meta: pd.DataFrame) -> pd.DataFrame:
+    """Eval tokens per phenomenon tag and language, with their share."""
+    keys = [c for c in ("tag", "language") if c in meta.columns]
+    table = meta.groupby(keys, dropna=False).size().rename("tokens").reset_index()
+    table["share"] = table["tokens"] / table["tokens"].sum()
+    return table.sort_values("tokens", ascending=False, ignore_index=True)
+
+
+def sample_window_text(meta: pd.DataFrame, window: int = 0, width: int = 128) -> pd.DataFrame:
+    """One eval window as a table of tokens with their tags (to eyeball the planted data)."""
+    cols = [
+        c
+        for c in (
+            "pos",
+            "token",
+            "token_class",
+            "tag",
+            "role",
+            "language",
+            "bracket_depth",
+            "seen_before",
+            "second_copy",
+        )
+        if c in meta.columns
+    ]
+    return meta.loc[meta["window"] == window, cols].head(width).reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- analysis 6
+
+
+def training_curve(resolved: ResolvedSuite, run: str, steps: list[int]):
+    """A run's training loss, smoothed (mean over the steps since the previous checkpoint),
+    at the checkpoint steps >= 1: the curve whose non-convex bump Olsson et al. relate to
+    the induction phase change. Returns (steps, loss)."""
+    import numpy as np
+
+    run_obj = resolved.suite.run(run)
+    log = pd.read_parquet(
+        results_dir() / "train" / f"{run_obj.repo_id.replace('/', '--')}.loss.parquet"
+    )
+    out_steps, out_loss = [], []
+    previous = 0
+    for step in steps:
+        if step < 1:
+            continue
+        chunk = log[(log["step"] > previous) & (log["step"] <= step)]["loss"]
+        if len(chunk):
+            out_steps.append(step)
+            out_loss.append(float(chunk.mean()))
+        previous = step
+    return np.asarray(out_steps), np.asarray(out_loss)
+
+
+def induction_stage(suite: dict[str, Any], induction: dict[str, Any]):
+    """Stage `induction` (analysis 6): head scores over training and the phase change."""
+    import numpy as np
+    import torch
+    from tqdm.auto import tqdm
+
+    from seedscope import induction as ind
+    from seedscope.checkpoints import load_checkpoint
+    from seedscope.io import atomic_path, write_parquet
+    from seedscope.losses import token_logprobs
+    from seedscope.metrics import headline, write_metrics
+    from seedscope.paths import metrics_dir
+    from seedscope.plots import register_figure
+    from seedscope.stats import bootstrap_mean
+
+    resolved = resolve_suite(suite)
+    cfg = stage_config("induction", induction)
+    steps = [resolved.suite.check_step(s) for s in resolve_steps(resolved, cfg.steps)]
+    out, _ = fresh_outputs("induction")
+    tokens, _ = load_eval_data()
+    icl_windows = tokens[: cfg.n_seqs]
+    torch.set_num_threads(cfg.threads)
+    seqs = None
+    head_rows, curve_rows, per_seq = [], [], {}
+    units = [(run, step) for run in resolved.run_names for step in steps]
+    for run, step in tqdm(units, desc="induction", unit="checkpoint"):
+        model, tokenizer = load_checkpoint(resolved.suite, run, step)
+        if seqs is None:
+            special = sorted(set(tokenizer.all_special_ids))
+            seqs = ind.repeated_random_tokens(
+                model.config.vocab_size,
+                cfg.n_seqs,
+                cfg.half_len,
+                cfg.seed,
+                bos_id=special[0],
+                exclude_ids=special,
+            )
+        with torch.inference_mode():
+            scores = ind.head_scores(model, seqs, cfg.batch_size, per_sequence=True)
+        heads = scores.groupby(["layer", "head", "head_name"], as_index=False)[
+            ["induction", "prev_token"]
+        ].mean()
+        best = heads.loc[heads["induction"].idxmax()]
+        best_seq = scores[scores["head_name"] == best["head_name"]].sort_values("seq")
+        lp = token_logprobs(model, icl_windows, batch_size=cfg.batch_size, device="cpu")
+        icl = ind.icl_score(-lp[:, 1:], per_window=True)
+        first, second = scores.attrs["first_copy_loss"], scores.attrs["second_copy_loss"]
+        per_seq[(run, step)] = (best_seq["induction"].to_numpy(), icl)
+        head_rows.append(heads.assign(run=run, step=step))
+        curve_rows.append(
+            {
+                "run": run,
+                "step": step,
+                "induction": float(best["induction"]),
+                "best_head": best["head_name"],
+                "prev_token": float(heads["prev_token"].max()),
+                "icl": float(np.mean(icl)),
+                "first_copy_loss": float(np.mean(first)),
+                "second_copy_loss": float(np.mean(second)),
+                "copy_loss_ratio": float(np.mean(second) / np.mean(first)),
+            }
+        )
+    head_table = pd.concat(head_rows, ignore_index=True)
+    curves = pd.DataFrame(curve_rows)
+    write_parquet(out / "head_scores.parquet", head_table)
+    write_parquet(out / "curves.parquet", curves)
+    sizes = run_sizes(resolved)
+    changes = []
+    for run in resolved.run_names:
+        ind_values = np.stack([per_seq[(run, s)][0] for s in steps])  # [n_steps, n_seqs]
+        icl_values = np.stack([per_seq[(run, s)][1] for s in steps])
+        jump = ind.detect_phase_change(steps, ind_values, cfg.n_boot, cfg.seed)
+        icl_jump = ind.detect_phase_change(steps, icl_values, cfg.n_boot, cfg.seed)
+        curve_steps, loss = training_curve(resolved, run, steps)
+        bump = ind.training_loss_bump(curve_steps, loss)
+        together = ind.phase_changes_coincide(steps, jump.step, icl_jump.step, bump)
+        final = curves[(curves["run"] == run) & (curves["step"] == steps[-1])].iloc[0]
+        formed = bool(final["induction"] > 0.3 and final["copy_loss_ratio"] < 0.5)
+        changes.append(
+            {
+                "run": run,
+                "size": sizes[run],
+                "seed": resolved.suite.run(run).seed,
+                "step": jump.step if formed else np.nan,
+                "fitted_step": jump.midpoint,
+                "ci_low": jump.ci_low,
+                "ci_high": jump.ci_high,
+                "onset": jump.onset,
+                "end": jump.end,
+                "r2": jump.r2,
+                "icl_step": icl_jump.step,
+                "bump_start": bump["start"] if bump else np.nan,
+                "bump_end": bump["end"] if bump else np.nan,
+                "coincide_induction_icl": together["induction_icl"],
+                "coincide_induction_bump": together["induction_bump"],
+                "formed": formed,
+                "final_induction": float(final["induction"]),
+                "final_copy_loss_ratio": float(final["copy_loss_ratio"]),
+                "n_checkpoints_in_change": int(
+                    np.sum((np.asarray(steps) >= jump.onset) & (np.asarray(steps) <= jump.end))
+                ),
+            }
+        )
+    change_table = pd.DataFrame(changes)
+    write_parquet(out / "phase_changes.parquet", change_table)
+    formed = change_table[change_table["formed"]]
+    summary = (
+        ind.phase_change_summary(formed, value="step", by="size") if len(formed) else pd.DataFrame()
+    )
+    write_parquet(out / "phase_change_summary.parquet", summary)
+    size_list = resolved.suite.sizes()
+    comparison = None
+    if len(size_list) >= 2 and formed["size"].nunique() >= 2:
+        comparison = ind.compare_sizes(formed, a=size_list[0], b=size_list[-1])
+    with atomic_path(metrics_dir() / "plots" / "induction_score.csv") as tmp:
+        curves.groupby("step", as_index=False)["induction"].mean().rename(
+            columns={"induction": "induction_score"}
+        ).to_csv(tmp, index=False, float_format="%.6g")
+    labels = run_labels(resolved)
+    detected = {r["run"]: r["step"] for r in changes if np.isfinite(r["step"])}
+    figs = [
+        register_figure(
+            ind.plot_induction_over_training(curves, detected, labels, resolved.run_names),
+            "induction",
+            "induction_over_training",
+            "Best-head induction score over training, phase changes marked",
+            "seedscope.induction.plot_induction_over_training",
+            key=True,
+        )
+    ]
+    figs.append(
+        register_figure(
+            ind.plot_induction_over_training(
+                curves,
+                None,
+                labels,
+                resolved.run_names,
+                value="copy_loss_ratio",
+                title="Second-copy / first-copy loss over training",
+            ),
+            "induction",
+            "copy_loss_ratio",
+            "Loss on the second copy of a repeated random sequence relative to the first",
+            "seedscope.induction.plot_induction_over_training",
+        )
+    )
+    figs.append(
+        register_figure(
+            ind.plot_induction_over_training(
+                curves,
+                None,
+                labels,
+                resolved.run_names,
+                value="icl",
+                title="In-context-learning score over training",
+            ),
+            "induction",
+            "icl_over_training",
+            "In-context-learning score (late minus early token loss) over training",
+            "seedscope.induction.plot_induction_over_training",
+        )
+    )
+    for run in resolved.run_names:
+        figs.append(
+            register_figure(
+                ind.plot_head_heatmap(
+                    head_table[head_table["run"] == run],
+                    "induction",
+                    f"Induction score per head: {labels[run]}",
+                ),
+                "induction",
+                f"heads_{run}",
+                f"Induction score of every head over training, {labels[run]}",
+                "seedscope.induction.plot_head_heatmap",
+            )
+        )
+    heads_metrics = {
+        "fraction_formed": headline(
+            float(change_table["formed"].mean()),
+            "fraction of runs whose best head ends above "
+            "0.3 induction score with second-copy loss below half the first",
+        )
+    }
+    for size in size_list:
+        part = formed[formed["size"] == size]["step"].to_numpy(dtype=float)
+        if part.size:
+            boot = bootstrap_mean(
+                part[:, None], n_boot=cfg.n_boot if part.size > 1 else 0, seed=cfg.seed
+            )
+            heads_metrics[f"phase_change_step_{size}"] = headline(
+                float(part.mean()),
+                f"mean induction phase-change step, {size} ({part.size} seeds; CI resamples seeds)",
+                (boot.low, boot.high),
+            )
+            heads_metrics[f"phase_change_sd_{size}"] = headline(
+                float(part.std(ddof=1)) if part.size > 1 else float("nan"),
+                f"sd across seeds of the phase-change step, {size}",
+            )
+    metrics = write_metrics(
+        "induction",
+        heads_metrics,
+        details={"phase_changes": change_table.to_dict("records"), "size_comparison": comparison},
+        provenance=stage_provenance("induction", resolved, steps, cfg),
+    )
+    return {
+        "curves": curves,
+        "heads": head_table,
+        "changes": change_table,
+        "summary": summary,
+        "comparison": comparison,
+        "figures": figs,
+        "metrics": metrics,
+    }
+
+
+def induction_sentence(changes: pd.DataFrame, comparison: dict[str, Any] | None) -> str:
+    """Plain-words summary of the phase changes, read from the computed table."""
+    import numpy as np
+
+    parts = []
+    for size, part in changes.groupby("size", sort=False):
+        formed = part[part["formed"]]
+        if formed.empty:
+            parts.append(
+                f"**{size}**: no run forms an induction head by the end (best "
+                f"final score {part['final_induction'].max():.2f})."
+            )
+            continue
+        steps = formed["step"].to_numpy(dtype=float)
+        parts.append(
+            f"**{size}**: {len(formed)}/{len(part)} runs form induction heads; phase change "
+            f"at steps {', '.join(str(int(s)) for s in steps)} (mean {steps.mean():.0f}, "
+            f"sd {np.std(steps, ddof=1) if len(steps) > 1 else float('nan'):.0f}, range "
+            f"{steps.min():.0f}–{steps.max():.0f})."
+        )
+    if comparison:
+        parts.append(
+            f"The larger size changes {comparison['mean_diff']:+.0f} steps later on "
+            f"average (Mann–Whitney p = {comparison['mannwhitney_p']:.2g})."
+        )
+    return " ".join(parts)
+
+
+def coincidence_sentence(changes: pd.DataFrame) -> str:
+    formed = changes[changes["formed"]]
+    if formed.empty:
+        return "No run formed an induction head, so there is no jump to compare."
+    n = len(formed)
+    icl = int(formed["coincide_induction_icl"].sum())
+    bump = int(formed["coincide_induction_bump"].sum())
+    return (
+        f"In {icl}/{n} runs the induction jump and the ICL-score jump fall within one "
+        f"checkpoint of each other; in {bump}/{n} the induction jump lies in the "
+        "training-loss bump window."
+    )
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def report_stage(suite: dict[str, Any], report: dict[str, Any]):
+    """Stage `report`: reports/index.html from every stage's metrics and figures."""
+    from seedscope.report import build_report
+
+    resolve_suite(suite)
+    cfg = stage_config("report", report)
+    manifest = read_manifest()
+    return build_report(manifest, cfg.title, provenance(stage="report"))
