@@ -1,0 +1,328 @@
+"""The checkpoint sweep: units, resume after kill -9, Dask vs local, prefetch and eviction."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from seedscope.errors import SeedscopeError
+from seedscope.losses import file_sha256, load_logprobs, load_trajectories, token_logprobs
+from seedscope.suites import get_suite
+from seedscope.sweep import (
+    LoaderStore,
+    RandomGPT2Loader,
+    SweepConfig,
+    Unit,
+    choose_trajectory_tokens,
+    resolve_units,
+    run_sweep,
+)
+
+SUITE = get_suite("mini-smoke")  # steps 0, 5, 10, 15, 20, 30, 40, 50, 60
+RUNS = ["small-x21", "small-x49"]
+LOADER = RandomGPT2Loader(vocab_size=101, n_positions=32)
+CFG = SweepConfig(
+    steps=("final", "mid", "all"), batch_size=4, device="cpu", threads=1, trajectory_tokens=40,
+    seed=3,
+)  # fmt: skip
+
+
+def _windows() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 101, size=(10, 32))
+
+
+def _hashes(out: Path) -> dict[str, str]:
+    return {
+        p.relative_to(out).as_posix(): file_sha256(p)
+        for p in sorted(out.rglob("*.npy"))
+        if not p.name.startswith(".tmp-")
+    }
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref")
+    frame = run_sweep(SUITE, _windows(), out, CFG, loader=LOADER, runs=RUNS, progress=False)
+    return out, frame
+
+
+# ----------------------------------------------------------------------------- config, units
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"batch_size": -4}, "batch_size"),
+        ({"dtype": "float64"}, "dtype"),
+        ({"device": "gpu"}, "device"),
+        ({"steps": ["last"]}, "steps"),
+        ({"steps": []}, "steps"),
+        ({"threads": -1}, "threads"),
+        ({"cache_budget_gb": 0}, "cache_budget_gb"),
+        ({"trajectory_tokens": -5}, "trajectory_tokens"),
+        ({"scheduler_timeout_s": 0}, "scheduler_timeout_s"),
+    ],
+)
+def test_config_validation_names_key_and_fix(kwargs, key):
+    with pytest.raises(SeedscopeError, match=f"{key}=.*Fix: ") as info:
+        SweepConfig(**kwargs)
+    assert key in str(info.value)
+
+
+def test_config_coerces_steps_to_tuple_and_is_frozen():
+    cfg = SweepConfig(steps=["final", 10])
+    assert cfg.steps == ("final", 10)
+    with pytest.raises(AttributeError):
+        cfg.batch_size = 3  # type: ignore[misc]
+
+
+def test_resolve_units():
+    units = resolve_units(SUITE, ["small-x49"], ["final", "mid", 10, "10"])
+    assert [(u.run, u.step, u.full) for u in units] == [
+        ("small-x49", 10, True),
+        ("small-x49", 30, True),
+        ("small-x49", 60, True),
+    ]
+    assert units[0].revision == "checkpoint-10"
+    assert units[0].repo_id == "seedscope/mini-smoke-small-x49"
+    units = resolve_units(SUITE, "all", ["all", "final"])
+    assert len(units) == len(SUITE.runs) * len(SUITE.steps)
+    assert {u.step for u in units if u.full} == {60}
+    assert [(u.run, u.step) for u in resolve_units(SUITE, "small-x21", "final")] == [
+        ("small-x21", 60)
+    ]
+    with pytest.raises(SeedscopeError, match="not on the checkpoint schedule"):
+        resolve_units(SUITE, "all", [7])
+    with pytest.raises(SeedscopeError, match="Unknown run"):
+        resolve_units(SUITE, ["small-x22"], ["final"])
+
+
+def test_trajectory_subset():
+    a = choose_trajectory_tokens(6, 5, 10, seed=1)
+    assert len(a) == 10 and len(np.unique(a)) == 10 and np.all(np.diff(a) > 0)
+    assert np.all(a % 5 != 0) and a.max() < 30  # never position 0; inside the grid
+    np.testing.assert_array_equal(a, choose_trajectory_tokens(6, 5, 10, seed=1))
+    assert not np.array_equal(a, choose_trajectory_tokens(6, 5, 10, seed=2))
+    assert len(choose_trajectory_tokens(2, 3, 100, seed=0)) == 4  # all valid positions
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def test_sweep_results_match_engine(reference):
+    out, frame = reference
+    windows = _windows()
+    assert len(frame) == 18 and set(frame.status) == {"computed"}
+    assert set(frame[frame.kind == "full"].step) == {30, 60}
+    subset = np.load(out / "trajectory_tokens.npy")
+    assert len(subset) == 40
+    for run in RUNS:
+        model = LOADER(Unit(run, 60, "", ""))
+        direct = token_logprobs(model, windows, batch_size=4, device="cpu", threads=1)
+        np.testing.assert_array_equal(load_logprobs(out, [run], 60)[run], direct)
+        steps, traj = load_trajectories(out, run)
+        np.testing.assert_array_equal(steps, SUITE.steps)
+        assert traj.shape == (40, len(SUITE.steps))
+        np.testing.assert_array_equal(traj[:, -1], direct.reshape(-1)[subset])
+        # a trajectory-only unit evaluates just the windows it needs: same numbers
+        model10 = LOADER(Unit(run, 10, "", ""))
+        full10 = token_logprobs(model10, windows, batch_size=4, device="cpu", threads=1)
+        np.testing.assert_allclose(traj[:, 2], full10.reshape(-1)[subset], atol=1e-5)
+    manifest = json.loads((out / "manifest.json").read_text())
+    unit = manifest["units"]["small-x21/step-60"]
+    assert unit["sha256"] == file_sha256(out / "small-x21" / "step-60.npy")
+    assert unit["revision"] == "checkpoint-60" and unit["repo_id"].endswith("small-x21")
+    assert unit["versions"]["torch"] and unit["n_windows"] == 10 and unit["window"] == 32
+    assert manifest["units"]["small-x21/step-10"]["file"] is None
+
+
+def test_rerun_skips_and_repairs(reference, tmp_path):
+    out = tmp_path / "o"
+    cfg = SweepConfig(steps=("final",), batch_size=4, device="cpu", threads=1)
+    run_sweep(SUITE, _windows(), out, cfg, loader=LOADER, runs=RUNS, progress=False)
+    before = _hashes(out)
+    (out / "small-x49" / "step-60.npy").write_bytes(b"garbage")  # a damaged unit
+    again = run_sweep(SUITE, _windows(), out, cfg, loader=LOADER, runs=RUNS, progress=False)
+    assert dict(zip(again.run, again.status, strict=True)) == {
+        "small-x21": "skipped",
+        "small-x49": "computed",
+    }
+    assert _hashes(out) == before
+    with pytest.raises(SeedscopeError, match="other settings"):
+        run_sweep(SUITE, _windows()[:5], out, cfg, loader=LOADER, runs=RUNS, progress=False)
+    assert _hashes(out) == before
+
+
+CHILD = """
+import sys, numpy as np
+from seedscope.suites import get_suite
+from seedscope.sweep import RandomGPT2Loader, SweepConfig, run_sweep
+cfg = SweepConfig(steps=("final", "mid", "all"), batch_size=4, device="cpu", threads=1,
+                  trajectory_tokens=40, seed=3)
+run_sweep(get_suite("mini-smoke"), np.load(sys.argv[2]), sys.argv[1], cfg,
+          loader=RandomGPT2Loader(vocab_size=101, n_positions=32),
+          runs=["small-x21", "small-x49"], progress=False)
+"""
+
+
+def _units_in_manifest(out: Path) -> int:
+    try:
+        return len(json.loads((out / "manifest.json").read_text())["units"])
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return 0
+
+
+def test_kill_9_then_rerun_equals_uninterrupted(reference, tmp_path):
+    ref_out, _ = reference
+    rng = np.random.default_rng(20240611)
+    wait_units, delay = int(rng.integers(1, 16)), float(rng.uniform(0.0, 0.08))
+    np.save(tmp_path / "windows.npy", _windows())
+    (tmp_path / "child.py").write_text(CHILD)
+    out = tmp_path / "out"
+    child = subprocess.Popen(
+        [sys.executable, str(tmp_path / "child.py"), str(out), str(tmp_path / "windows.npy")],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    try:
+        deadline = time.monotonic() + 45
+        while _units_in_manifest(out) < wait_units and child.poll() is None:
+            assert time.monotonic() < deadline, "child sweep made no progress"
+            time.sleep(0.005)
+        time.sleep(delay)
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+    # what a reader may see now: every unit file is complete; temp files are never units
+    for path in out.rglob("*.npy"):
+        if not path.name.startswith(".tmp-"):
+            assert np.load(path).shape in {(10, 32), (40,)}
+    manifest = json.loads((out / "manifest.json").read_text())
+    done = len(manifest["units"])
+    assert done >= wait_units
+    for unit in manifest["units"].values():
+        for key in ("file", "traj_file"):
+            if unit[key]:
+                assert file_sha256(out / unit[key]) == unit[key.replace("file", "sha256")]
+    frame = run_sweep(SUITE, _windows(), out, CFG, loader=LOADER, runs=RUNS, progress=False)
+    assert (frame.status == "skipped").sum() == done
+    assert (frame.status == "computed").sum() == 18 - done
+    assert _hashes(out) == _hashes(ref_out)
+    assert not list(out.rglob(".tmp-*"))
+
+
+# ----------------------------------------------------------------------------- executors
+
+
+def test_dask_executor_equals_local_bit_for_bit(reference, tmp_path):
+    from dask.distributed import LocalCluster
+
+    ref_out, _ = reference
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as cluster:
+        cfg = SweepConfig(**{**CFG.__dict__, "scheduler": cluster.scheduler_address})
+        frame = run_sweep(
+            SUITE, _windows(), tmp_path, cfg, loader=LOADER, runs=RUNS, progress=False
+        )
+    assert (frame.status == "computed").sum() == 18
+    assert _hashes(tmp_path) == _hashes(ref_out)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert len(manifest["units"]) == 18
+
+
+def test_unreachable_scheduler_errors_within_bound(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    cfg = SweepConfig(steps=("final",), scheduler=address, scheduler_timeout_s=1.0)
+    start = time.monotonic()
+    with pytest.raises(SeedscopeError, match=f"{address}.*did not answer within 1 s"):
+        run_sweep(SUITE, _windows(), tmp_path, cfg, loader=LOADER, runs=RUNS, progress=False)
+    assert time.monotonic() - start == pytest.approx(1.0, abs=4.0)
+
+
+# ----------------------------------------------------------------------------- prefetch/evict
+
+
+class FakeHub(LoaderStore):
+    """An evicting store that logs fetch/load/evict and whether downloads overlap loads."""
+
+    def __init__(self, nbytes: int):
+        object.__setattr__(self, "loader", LOADER)
+        object.__setattr__(self, "evicts", True)
+        object.__setattr__(self, "log", [])
+        object.__setattr__(self, "size", nbytes)
+        object.__setattr__(self, "lock", threading.Lock())
+        object.__setattr__(self, "fetched", {})
+
+    def _note(self, *event):
+        with self.lock:
+            self.log.append(event)
+
+    def fetch(self, unit):
+        self.fetched.setdefault(unit.step, threading.Event()).set()
+        self._note("fetch", unit.step)
+        return False
+
+    def load(self, unit):
+        nxt = unit.step + 5 if unit.step < 20 else None
+        if nxt is not None and self.size < 1e9:  # prefetch expected: wait for it
+            seen = self.fetched.setdefault(nxt, threading.Event()).wait(timeout=10)
+            self._note("next-fetched-before-load-returned", unit.step, seen)
+        return super().load(unit)
+
+    def evict(self, unit):
+        self._note("evict", unit.step)
+        return self.size
+
+    def nbytes(self, unit):
+        return self.size
+
+
+@pytest.mark.parametrize("nbytes", [1_000, 8_000_000_000])
+def test_prefetch_overlaps_and_budget_serialises(tmp_path, nbytes):
+    store = FakeHub(nbytes)
+    cfg = SweepConfig(steps=(0, 5, 10, 15, 20), cache_budget_gb=10, device="cpu", threads=1)
+    frame = run_sweep(SUITE, _windows(), tmp_path, cfg, store=store, runs=RUNS[:1], progress=False)
+    assert list(frame.status) == ["computed"] * 5
+    assert [e[1] for e in store.log if e[0] == "evict"] == [0, 5, 10, 15, 20]
+    if nbytes < 1e9:  # 2 checkpoints fit the budget: the next download overlaps evaluation
+        overlaps = [e for e in store.log if e[0] == "next-fetched-before-load-returned"]
+        assert [e[2] for e in overlaps] == [True] * 4
+    else:  # they do not: the next fetch only starts after the current eviction
+        order = [(e[0], e[1]) for e in store.log]
+        for step in (5, 10, 15, 20):
+            assert order.index(("evict", step - 5)) < order.index(("fetch", step))
+
+
+def test_hub_store_through_checkpoints(tmp_path):
+    """Default path: models come from a hub cache through seedscope.checkpoints."""
+    from seedscope.hubcache import write_snapshot
+
+    cache = tmp_path / "cache"
+    for step in (50, 60):
+        model = LOADER(Unit("small-x21", step, "", ""))
+        model.save_pretrained(tmp_path / f"m{step}")
+        files = {p.name: p for p in (tmp_path / f"m{step}").iterdir()}
+        write_snapshot(cache, "seedscope/mini-smoke-small-x21", f"checkpoint-{step}", files)
+    cfg = SweepConfig(steps=(50, "final"), device="cpu", threads=1, batch_size=4)
+    out = tmp_path / "out"
+    frame = run_sweep(SUITE, _windows(), out, cfg, runs=["small-x21"], cache_dir=str(cache), progress=False)  # fmt: skip
+    assert list(frame.status) == ["computed", "computed"]
+    direct = token_logprobs(LOADER(Unit("small-x21", 60, "", "")), _windows(), 4, "cpu", threads=1)
+    np.testing.assert_allclose(
+        load_logprobs(out, ["small-x21"], 60)["small-x21"], direct, atol=1e-6
+    )
