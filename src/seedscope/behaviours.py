@@ -12,6 +12,7 @@ aggregate with item-bootstrap CIs; `emergence_step` finds when a behaviour appea
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -1147,3 +1148,19 @@ def bracket_depth(prompt: str, pairs: Sequence[Sequence[str]]) -> list[str] | No
 
 
 EMAIL_RE = re.compile(r"[^\s@]+@[^\s@.]+(\.[^\s@.]+)*\.[^\s@.]+$")
+
+
+def fit_to_context(
+    items: Sequence[ProbeItem], tokenizer: Any, max_len: int
+) -> tuple[list[ProbeItem], dict[str, int]]:
+    """Keep the items whose prompt plus longest option fits `max_len` tokens (the model's
+    context); return them and the number dropped per behaviour (reported, never silent)."""
+    kept, dropped = [], Counter()
+    for item in items:
+        n_prompt = len(encode(tokenizer, item.prompt))
+        n_option = max(len(encode(tokenizer, opt)) for opt in item.options)
+        if n_prompt + n_option <= max_len:
+            kept.append(item)
+        else:
+            dropped[item.behaviour] += 1
+    return kept, dict(dropped)

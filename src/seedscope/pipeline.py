@@ -171,3 +171,35 @@ def render_html(notebook: Path, html: Path) -> None:
     body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
     with atomic_path(html) as tmp:
         tmp.write_text(body)
+
+
+def scratch_copy(dest: str | os.PathLike[str], profile: str | None = None) -> Path:
+    """Copy the project's source files (git-tracked and untracked-but-not-ignored; no
+    results) to `dest`, optionally with `profiles/<profile>.yaml` as its params.yaml, and
+    make it a git + DVC repo: a place to run the pipeline without touching this one."""
+    import shutil
+    import subprocess
+
+    root = project_root()
+    dest = Path(dest)
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+            cwd=root,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
+    for rel in filter(None, listed):
+        src = root / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    if profile:
+        shutil.copyfile(root / "profiles" / f"{profile}.yaml", dest / "params.yaml")
+    for stale in ("dvc.lock",):
+        (dest / stale).unlink(missing_ok=True)
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    return dest

@@ -76,3 +76,36 @@ def register_figure(
     }
     write_json(index_path, index)
     return str(path)
+
+
+def plot_curves(
+    frame,  # type: ignore[no-untyped-def]
+    x: str,
+    y: str,
+    labels: dict[str, str],
+    run_order: Sequence[str],
+    smooth: int = 1,
+    title: str = "",
+    ylabel: str = "",
+    hline: tuple[float, str] | None = None,
+):
+    """One line per run (column `run`), in the run's fixed colour; log-scale x."""
+    import matplotlib.pyplot as plt
+
+    colors = run_colors(list(run_order))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for run in run_order:
+        part = frame[frame["run"] == run].sort_values(x)
+        if part.empty:
+            continue
+        values = part[y].rolling(smooth, min_periods=1).mean() if smooth > 1 else part[y]
+        ax.plot(part[x], values, color=colors[run], label=labels.get(run, run), lw=1.2)
+    if hline is not None:
+        ax.axhline(hline[0], color="0.4", ls="--", lw=1, label=hline[1])
+    ax.set_xscale("log")
+    ax.set_xlabel(f"{x.replace('_', ' ')} (log scale)")
+    ax.set_ylabel(ylabel or y)
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig

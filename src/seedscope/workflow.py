@@ -159,7 +159,8 @@ def topk_lookup(resolved: ResolvedSuite, step: int, tokens: Any, rows: pd.DataFr
     for col in ("run_a", "run_b", "run"):
         if col in rows.columns:
             for run, w, p in zip(rows[col], rows["window"], rows["pos"], strict=True):
-                needed.setdefault(str(run), set()).add((int(w), int(p)))
+                if isinstance(run, str):  # rows of another table leave this column empty
+                    needed.setdefault(run, set()).add((int(w), int(p)))
     table: dict[tuple[str, int, int], list[tuple[str, float]]] = {}
     for run, positions in sorted(needed.items()):
         model, tokenizer = load_checkpoint(resolved.suite, run, step)
@@ -344,30 +345,29 @@ def loss_correlation_stage(suite: dict[str, Any], loss_correlation: dict[str, An
 # ----------------------------------------------------------------------------- analysis 2
 
 
-def trajectory_selection() -> pd.DataFrame:
-    """The token subset evaluated at every checkpoint: flat index and why it was chosen
-    ('divergent' at the final step, or 'random' baseline)."""
-    from seedscope.paths import token_losses_dir
+def trajectory_subset(resolved: ResolvedSuite) -> Any:
+    """Flat (window-major) indices of the tokens evaluated at every checkpoint: all tokens
+    after position 0 of a seeded set of whole windows (so window bootstraps still apply)."""
+    import numpy as np
 
-    return pd.read_parquet(token_losses_dir() / "trajectory_selection.parquet")
+    return np.load(token_losses_root(resolved) / "trajectory_tokens.npy")
 
 
-def subset_logprobs_by_step(
-    resolved: ResolvedSuite, which: str = "random"
-) -> dict[int, dict[str, Any]]:
-    """step -> run -> log-probs `[n_tokens, 1]` on the trajectory subset (one token per
-    'window': the random baseline tokens are spread over the eval set)."""
+def subset_logprobs_by_step(resolved: ResolvedSuite) -> dict[int, dict[str, Any]]:
+    """step -> run -> log-probs `[n_subset_windows, window - 1]` on the trajectory subset,
+    for every checkpoint the sweep evaluated."""
     import numpy as np
 
     from seedscope.losses import load_trajectories
 
-    selection = trajectory_selection()
-    keep = (selection["set"] == which).to_numpy()
+    tokens, _ = load_eval_data()
+    n_cols = tokens.shape[1] - 1
     by_step: dict[int, dict[str, Any]] = {}
     for run in resolved.run_names:
         steps, values = load_trajectories(token_losses_root(resolved), run)
         for j, step in enumerate(steps):
-            by_step.setdefault(int(step), {})[run] = values[keep, j][:, None].astype(np.float64)
+            column = values[:, j].astype(np.float64).reshape(-1, n_cols)
+            by_step.setdefault(int(step), {})[run] = column
     return {s: v for s, v in by_step.items() if len(v) == len(resolved.run_names)}
 
 
@@ -664,11 +664,13 @@ def behaviours_stage(suite: dict[str, Any], behaviours: dict[str, Any]):
     torch.set_num_threads(cfg.threads)
     scores = {}
     language_map = None
+    dropped: dict[str, int] = {}
     units = [(run, step) for run in resolved.run_names for step in steps]
     for run, step in tqdm(units, desc="behaviours", unit="checkpoint"):
         model, tokenizer = load_checkpoint(resolved.suite, run, step)
         if language_map is None:
             language_map = bh.language_token_map(tokenizer, lexicons, letters)
+            items, dropped = bh.fit_to_context(items, tokenizer, model.config.n_positions)
         scores[(run, step)] = bh.score_items(
             model, tokenizer, items, cfg.batch_size, "cpu", language_map
         )
@@ -741,12 +743,14 @@ def behaviours_stage(suite: dict[str, Any], behaviours: dict[str, Any]):
         "behaviours",
         heads,
         details={
+            "probes_dropped_longer_than_context": dropped,
             "emergence": emergence.to_dict("records"),
             "mid_vs_final": mid_final.to_dict("records"),
         },
         provenance=stage_provenance("behaviours", resolved, steps, cfg),
     )
     return {
+        "dropped": dropped,
         "items": items,
         "table": table,
         "emergence": emergence,
@@ -761,14 +765,13 @@ def behaviours_stage(suite: dict[str, Any], behaviours: dict[str, Any]):
 
 
 def trajectory_losses(resolved: ResolvedSuite, min_step: int = 1):
-    """Losses `[n_runs, n_subset, n_steps]` on the trajectory subset, the steps, and the
-    selection table. Steps below `min_step` are dropped: at initialisation every token's
-    loss is ~log(vocab), which would make every curve start with the same drop."""
+    """Losses `[n_runs, n_subset, n_steps]` on the trajectory subset and the steps. Steps
+    below `min_step` are dropped: at initialisation every token's loss is ~log(vocab), which
+    would make every curve start with the same drop."""
     import numpy as np
 
     from seedscope.losses import load_trajectories
 
-    selection = trajectory_selection()
     stacks, steps = [], None
     for run in resolved.run_names:
         run_steps, values = load_trajectories(token_losses_root(resolved), run)
@@ -778,7 +781,33 @@ def trajectory_losses(resolved: ResolvedSuite, min_step: int = 1):
         stacks.append(-values)
     losses = np.stack(stacks)
     keep = steps >= min_step
-    return losses[:, :, keep], steps[keep], selection
+    return losses[:, :, keep], steps[keep]
+
+
+def select_trajectory_tokens(
+    resolved: ResolvedSuite, n_divergent: int, n_random: int, seed: int
+) -> pd.DataFrame:
+    """Which subset tokens to classify: the `n_divergent` whose final-step log-probs differ
+    most between seeds (sd across runs) and `n_random` drawn uniformly (seeded) from the
+    whole subset as the baseline. One row per subset token: index (flat eval index),
+    divergence, divergent (bool), random (bool)."""
+    import numpy as np
+
+    from seedscope.losses import load_logprobs
+
+    subset = trajectory_subset(resolved)
+    final = load_logprobs(token_losses_root(resolved), resolved.run_names, resolved.final_step)
+    values = np.stack([np.asarray(v).ravel()[subset] for v in final.values()])
+    divergence = np.nanstd(values, axis=0)
+    order = np.argsort(-np.nan_to_num(divergence, nan=-np.inf), kind="stable")
+    divergent = np.zeros(subset.size, dtype=bool)
+    divergent[order[: min(n_divergent, subset.size)]] = True
+    rng = np.random.default_rng(seed)
+    random = np.zeros(subset.size, dtype=bool)
+    random[rng.choice(subset.size, size=min(n_random, subset.size), replace=False)] = True
+    return pd.DataFrame(
+        {"index": subset, "divergence": divergence, "divergent": divergent, "random": random}
+    )
 
 
 def trajectories_stage(suite: dict[str, Any], trajectories: dict[str, Any]):
@@ -793,10 +822,17 @@ def trajectories_stage(suite: dict[str, Any], trajectories: dict[str, Any]):
     resolved = resolve_suite(suite)
     cfg = stage_config("trajectories", trajectories)
     out, _ = fresh_outputs("trajectories")
-    losses, steps, selection = trajectory_losses(resolved)
+    losses, steps = trajectory_losses(resolved)
+    selection = select_trajectory_tokens(resolved, cfg.n_divergent, cfg.n_random, cfg.seed)
+    write_parquet(out / "selection.parquet", selection)
     runs = resolved.run_names
-    classes = tj.classify_trajectories(losses, steps, run_names=runs)
-    classes["set"] = selection["set"].to_numpy()[classes["token"].to_numpy()]
+    div_idx = np.flatnonzero(selection["divergent"].to_numpy())
+    rand_idx = np.flatnonzero(selection["random"].to_numpy())
+    divergent = tj.classify_trajectories(losses[:, div_idx], steps, run_names=runs)
+    baseline = tj.classify_trajectories(losses[:, rand_idx], steps, run_names=runs)
+    classes = pd.concat(
+        [divergent.assign(set="divergent"), baseline.assign(set="random")], ignore_index=True
+    )
     write_parquet(out / "classes.parquet", classes)
     noise = tj.estimate_noise(losses.reshape(-1, losses.shape[-1]), steps)
     synth, truth = tj.synthetic_trajectories(cfg.n_synthetic, steps, noise, cfg.seed)
@@ -804,8 +840,6 @@ def trajectories_stage(suite: dict[str, Any], trajectories: dict[str, Any]):
     confusion = tj.confusion_matrix(truth["class"], predicted["class"])
     accuracy = float(np.mean(truth["class"].to_numpy() == predicted["class"].to_numpy()))
     write_parquet(out / "confusion.parquet", confusion.reset_index(names="true_class"))
-    divergent = classes[classes["set"] == "divergent"]
-    baseline = classes[classes["set"] == "random"]
     path = tj.s_shaped_fraction_difference(divergent, baseline, n_boot=cfg.n_boot, seed=cfg.seed)
     write_parquet(out / "path_dependence.parquet", path)
     spread = tj.transition_spread(divergent)
@@ -814,13 +848,9 @@ def trajectories_stage(suite: dict[str, Any], trajectories: dict[str, Any]):
     fractions = fractions.rename("fraction").reset_index()
     write_parquet(out / "class_fractions.parquet", fractions)
     labels = run_labels(resolved)
-    div_tokens = np.flatnonzero(selection["set"].to_numpy() == "divergent")
-    div_classes = divergent.assign(token=np.searchsorted(div_tokens, divergent["token"]))
     figs = [
         register_figure(
-            tj.plot_class_examples(
-                losses[:, div_tokens], steps, div_classes, runs, labels, cfg.seed
-            ),
+            tj.plot_class_examples(losses[:, div_idx], steps, divergent, runs, labels, cfg.seed),
             "trajectories",
             "class_examples",
             "Example loss trajectories of each shape, all seeds",
@@ -1019,6 +1049,7 @@ def induction_stage(suite: dict[str, Any], induction: dict[str, Any]):
         icl = ind.icl_score(-lp[:, 1:], per_window=True)
         first, second = scores.attrs["first_copy_loss"], scores.attrs["second_copy_loss"]
         per_seq[(run, step)] = (best_seq["induction"].to_numpy(), icl)
+        heads.attrs.clear()  # per-sequence arrays ride along in attrs; keep tables plain
         head_rows.append(heads.assign(run=run, step=step))
         curve_rows.append(
             {
@@ -1239,3 +1270,182 @@ def report_stage(suite: dict[str, Any], report: dict[str, Any]):
     cfg = stage_config("report", report)
     manifest = read_manifest()
     return build_report(manifest, cfg.title, provenance(stage="report"))
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train_stage(suite: dict[str, Any], corpus: dict[str, Any], train: dict[str, Any]):
+    """Stage `train`: the mini-suite, written as a hub cache under results/hub."""
+    import numpy as np
+
+    from seedscope import train as tr
+    from seedscope.io import atomic_path
+    from seedscope.metrics import headline, write_metrics
+    from seedscope.paths import corpus_dir, metrics_dir, mini_hub_cache
+    from seedscope.plots import plot_curves, register_figure
+    from seedscope.train import TrainConfig
+
+    resolved = resolve_suite(suite)
+    stage_config("corpus", corpus)
+    cfg = from_section(TrainConfig, train, "train")
+    if resolved.suite.local_cache is None:
+        # Hub suites were trained elsewhere: their checkpoints are fetched by token_losses.
+        (results_dir() / "train").mkdir(parents=True, exist_ok=True)
+        mini_hub_cache().mkdir(parents=True, exist_ok=True)
+        metrics = write_metrics(
+            "train",
+            {},
+            details={"note": f"{resolved.suite.name} is a hub suite: not trained"},
+            provenance=stage_provenance("train", resolved, [], cfg),
+        )
+        return {"summary": pd.DataFrame(), "metrics": metrics, "figure": None, "probes": None}
+    log_dir = results_dir() / "train"
+    summary = tr.train_suite(resolved.suite, corpus_dir(), mini_hub_cache(), cfg, log_dir)
+    train_tokens = np.load(corpus_dir() / "train_tokens.npy", mmap_mode="r")
+    eval_tokens = np.load(corpus_dir() / "eval_tokens.npy", mmap_mode="r")
+    unigram = tr.unigram_loss(train_tokens, eval_tokens)
+    curves = []
+    for run in resolved.suite.runs:
+        log = pd.read_parquet(log_dir / f"{run.repo_id.replace('/', '--')}.loss.parquet")
+        curves.append(log.assign(run=run.name))
+    curves = pd.concat(curves, ignore_index=True)
+    plot_dir = metrics_dir() / "plots" / "train_loss"
+    for run, part in curves.groupby("run", sort=False):
+        smooth = part.set_index("step")["loss"].rolling(25, min_periods=1).mean()
+        with atomic_path(plot_dir / f"{run}.csv") as tmp:
+            smooth.iloc[::10].rename("loss").reset_index().to_csv(
+                tmp, index=False, float_format="%.5g"
+            )
+    labels = run_labels(resolved)
+    fig = register_figure(
+        plot_curves(
+            curves,
+            "step",
+            "loss",
+            labels,
+            resolved.run_names,
+            smooth=25,
+            title="Training loss per run",
+            ylabel="train loss (nats/token)",
+            hline=(unigram, "unigram baseline"),
+        ),
+        "train",
+        "training_loss",
+        "Training loss of every run (smoothed over 25 steps)",
+        "seedscope.plots.plot_curves",
+        key=True,
+    )
+    heads = {
+        "unigram_loss": headline(unigram, "unigram baseline loss on the eval tokens", unit="nats")
+    }
+    for size, part in summary.groupby("size", sort=False):
+        heads[f"eval_loss_{size}"] = headline(
+            part["final_eval_loss"].mean(),
+            f"final eval loss, {size} (mean over seeds; "
+            f"range {part['final_eval_loss'].min():.3f}–{part['final_eval_loss'].max():.3f})",
+            unit="nats",
+        )
+    metrics = write_metrics(
+        "train",
+        heads,
+        details={"runs": summary.to_dict("records")},
+        provenance=stage_provenance("train", resolved, list(resolved.suite.steps), cfg),
+    )
+    return {
+        "summary": summary,
+        "unigram": unigram,
+        "curves": curves,
+        "figure": fig,
+        "metrics": metrics,
+        "probes": checkpoint_probes(resolved)
+        .pivot_table(index="step", columns="run", values="induction_score")
+        .round(3),
+    }
+
+
+def checkpoint_probes(resolved: ResolvedSuite) -> pd.DataFrame:
+    """The trainer's per-checkpoint probes (eval loss, copy-loss ratio, induction score)."""
+    frames = []
+    for run in resolved.suite.runs:
+        path = results_dir() / "train" / f"{run.repo_id.replace('/', '--')}.checkpoints.parquet"
+        frames.append(pd.read_parquet(path).assign(run=run.name))
+    return pd.concat(frames, ignore_index=True)
+
+
+# ----------------------------------------------------------------------------- token losses
+
+
+def trajectory_windows_index(n_windows: int, window: int, n_tokens: int, seed: int) -> Any:
+    """Flat indices of every token after position 0 in a seeded sample of whole windows
+    holding about `n_tokens` tokens: the subset evaluated at every checkpoint."""
+    import numpy as np
+
+    k = max(1, min(n_windows, -(-n_tokens // (window - 1))))
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(n_windows, size=k, replace=False))
+    pos = np.arange(1, window)
+    return (chosen[:, None] * window + pos[None, :]).ravel()
+
+
+def token_losses_stage(suite: dict[str, Any], token_losses: dict[str, Any]):
+    """Stage `token_losses`: per-token log-probs of every run at the steps analyses need."""
+    import numpy as np
+
+    from seedscope.io import write_parquet
+    from seedscope.losses import load_logprobs
+    from seedscope.metrics import headline, write_metrics
+    from seedscope.paths import corpus_dir
+    from seedscope.sweep import run_sweep
+
+    resolved = resolve_suite(suite)
+    cfg = stage_config("token_losses", token_losses)
+    windows = np.load(corpus_dir() / "eval_tokens.npy", mmap_mode="r")
+    index = trajectory_windows_index(
+        windows.shape[0], windows.shape[1], cfg.trajectory_tokens, cfg.seed
+    )
+    steps = [
+        s
+        if s not in ("mid", "final")
+        else {"mid": resolved.mid_step, "final": resolved.final_step}[s]
+        for s in cfg.steps
+    ]
+    run_cfg = type(cfg)(**{**cfg.__dict__, "steps": tuple(steps)})
+    units = run_sweep(
+        resolved.suite,
+        windows,
+        token_losses_root(resolved),
+        run_cfg,
+        trajectory_index=index,
+        runs=resolved.run_names,
+    )
+    write_parquet(
+        results_dir() / "token_losses" / "units.parquet",
+        units.drop(columns=[c for c in ("seconds", "tokens_per_s") if c in units.columns]),
+    )
+    means = []
+    for step in (resolved.mid_step, resolved.final_step):
+        lp = load_logprobs(token_losses_root(resolved), resolved.run_names, step)
+        means += [
+            {"run": r, "step": step, "mean_loss": float(-np.nanmean(v))} for r, v in lp.items()
+        ]
+    means = pd.DataFrame(means)
+    heads = {}
+    final = means[means["step"] == resolved.final_step]
+    sizes = run_sizes(resolved)
+    for size in resolved.suite.sizes():
+        part = final[final["run"].map(sizes) == size]["mean_loss"]
+        heads[f"final_loss_{size}"] = headline(
+            part.mean(), f"mean eval loss at the final step, {size} (over seeds)", unit="nats"
+        )
+    heads["n_units"] = headline(len(units), "(run, step) units evaluated")
+    heads["n_eval_tokens"] = headline(int(windows.size), "eval tokens per full unit")
+    metrics = write_metrics(
+        "token_losses",
+        heads,
+        details={"mean_loss": means.to_dict("records")},
+        provenance=stage_provenance(
+            "token_losses", resolved, [resolved.mid_step, resolved.final_step], cfg
+        ),
+    )
+    return {"units": units, "means": means, "metrics": metrics}
