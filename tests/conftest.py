@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -39,3 +40,29 @@ def crfm_cache(tmp_path_factory) -> dict:
             hubfake.write_crfm_checkpoint(cache, run.repo_id, step, model, tok_files, root / "w")
             models[(name, step)] = model
     return {"cache": cache, "suite": suite, "models": models, "vocab": vocab, "root": root}
+
+
+def run_pipeline(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`dvc repro` (or other dvc args) in a scratch project at `root`."""
+
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "SEEDSCOPE_ROOT": str(root), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    return subprocess.run(
+        [str(bin_dir / "dvc"), *(args or ("repro",))],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+
+
+@pytest.fixture(scope="session")
+def smoke_project(tmp_path_factory) -> Path:
+    """The whole pipeline run once, on the smoke profile, in a scratch copy of the project."""
+    from seedscope.pipeline import scratch_copy
+
+    root = scratch_copy(tmp_path_factory.mktemp("smoke"), profile="smoke")
+    out = run_pipeline(root)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    return root

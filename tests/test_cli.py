@@ -7,10 +7,9 @@ import os
 import subprocess
 import sys
 
+import hubfake
 import numpy as np
 import pytest
-
-import hubfake
 
 CLI = [sys.executable, "-m", "seedscope.cli"]
 

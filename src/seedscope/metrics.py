@@ -1,11 +1,12 @@
 """Headline numbers: one `metrics/<stage>.json` per analysis, each number with its CI.
 
-Schema (what `dvc metrics show` prints and the report page reads):
-
-    {"headline": {"<key>": {"value": float, "ci_low": float|null, "ci_high": float|null,
-                            "label": "plain words", "unit": "nats"|""}},
-     "details": {...any JSON...},
-     "provenance": {"suite", "runs", "steps", "params_hash", "versions", "git_commit"}}
+Two files per stage:
+- `metrics/<stage>.json` (what `dvc metrics show` prints: numbers only)
+      {"<key>": {"value": float, "ci_low": float, "ci_high": float}}   (CIs where they exist)
+- `metrics/details/<stage>.json` (what the report page reads)
+      {"headline": {"<key>": {"value", "ci_low", "ci_high", "label", "unit"}},
+       "details": {...any JSON...},
+       "provenance": {"suite", "runs", "steps", "params_hash", "versions", "git_commit"}}
 """
 
 from __future__ import annotations
@@ -51,12 +52,18 @@ def write_metrics(
 ) -> dict[str, Any]:
     """Write metrics/<stage>.json atomically and return what was written."""
     record = {"headline": headlines, "details": details or {}, "provenance": provenance or {}}
-    write_json(metrics_dir() / f"{stage}.json", record)
+    numbers = {
+        key: {k: entry[k] for k in ("value", "ci_low", "ci_high") if entry.get(k) is not None}
+        for key, entry in headlines.items()
+    }
+    write_json(metrics_dir() / "details" / f"{stage}.json", record)
+    write_json(metrics_dir() / f"{stage}.json", numbers)
     return record
 
 
 def read_metrics(stage: str) -> dict[str, Any]:
-    return read_json(metrics_dir() / f"{stage}.json")
+    """The full record of a stage (labels, details, provenance)."""
+    return read_json(metrics_dir() / "details" / f"{stage}.json")
 
 
 def format_value(entry: dict[str, Any]) -> str:

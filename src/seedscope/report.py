@@ -43,8 +43,8 @@ def collect(metrics: Path | None = None, figures: Path | None = None) -> dict[st
     out: dict[str, Any] = {}
     for stage in ANALYSES:
         entry: dict[str, Any] = {}
-        if (metrics / f"{stage}.json").exists():
-            entry["metrics"] = read_json(metrics / f"{stage}.json")
+        if (metrics / "details" / f"{stage}.json").exists():
+            entry["metrics"] = read_json(metrics / "details" / f"{stage}.json")
         if (figures / stage / "index.json").exists():
             entry["figures"] = read_json(figures / stage / "index.json")
         if entry:
