@@ -37,11 +37,16 @@ test: setup lint browser
 repro: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
+# The whole pipeline on the tiny smoke profile, in a scratch copy (.smoke/), a few minutes.
 smoke: setup
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m seedscope.cli smoke
+	rm -rf .smoke && mkdir .smoke
+	$(BIN)/python -c "from seedscope.pipeline import scratch_copy; scratch_copy('.smoke', 'smoke')"
+	cd .smoke && SEEDSCOPE_ROOT="$$PWD" PATH="$(abspath $(BIN)):$$PATH" dvc repro
+	@echo "open .smoke/reports/index.html"
 
+# JupyterLab with the project's kernel ("seedscope (.venv)"), notebooks folder open.
 lab: setup
-	$(BIN)/jupyter lab --notebook-dir=notebooks
+	SEEDSCOPE_ROOT="$(CURDIR)" $(BIN)/jupyter lab --notebook-dir=notebooks
 
 bench: setup
 	$(BIN)/python benchmarks/bench_engine.py
