@@ -24,18 +24,8 @@ import pandas as pd
 import torch
 
 from seedscope.errors import SeedscopeError, closest
+from seedscope.stage_params import BEHAVIOURS  # one list, defined beside the params
 
-BEHAVIOURS: tuple[str, ...] = (
-    "punctuation",
-    "brackets",
-    "capitalisation",
-    "email",
-    "language",
-    "memorised",
-    "acronyms",
-    "induction",
-    "facts",
-)
 SOURCES: tuple[str, ...] = ("planted", "english")
 PROBES_DIR = Path(__file__).with_name("probes")
 

@@ -435,11 +435,11 @@ def convergence_stage(suite: dict[str, Any], convergence: dict[str, Any]):
     )
     heads["pearson_first_step"] = headline(
         first["pearson"],
-        f"mean within-size Pearson r at step {int(first['step'])} (random token subset)",
+        f"mean within-size Pearson r at step {int(first['step'])} (trajectory token subset)",
     )
     heads["pearson_last_step"] = headline(
         last["pearson"],
-        f"mean within-size Pearson r at step {int(last['step'])} (random token subset)",
+        f"mean within-size Pearson r at step {int(last['step'])} (trajectory token subset)",
     )
     metrics = write_metrics(
         "convergence",
