@@ -62,7 +62,7 @@ def test_wrong_type_is_named():
 
 def test_mid_after_final_is_rejected():
     with pytest.raises(SeedscopeError, match="not before"):
-        validate_stage("suites", {"suite": {"mid_step": 1500, "final_step": 1000}})
+        validate_stage("suites", {"suite": {"mid_step": 1000, "final_step": 500}})
 
 
 def test_unknown_section_is_rejected(tmp_path):

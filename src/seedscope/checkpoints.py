@@ -193,9 +193,14 @@ def load_checkpoint(
 
     run_obj, revision = _resolve(suite, run, step)
     folder = fetch_checkpoint(suite, run_obj, step, cache_dir)
-    validate_snapshot(folder)
+    config = validate_snapshot(folder)
     cache = cache_dir_for(suite, cache_dir)
     kwargs: dict[str, Any] = {"revision": revision, "cache_dir": cache, "local_files_only": True}
+    where = f"{run_obj.repo_id}@{revision}"
+    tokenizer = load_tokenizer(run_obj.repo_id, **kwargs) if with_tokenizer else None
+    declared = config.get("vocab_size")
+    if tokenizer is not None and isinstance(declared, int):
+        check_vocab(tokenizer, declared, where)  # before the (heavy) model load
     model_kwargs = dict(kwargs)
     if attn_implementation:
         model_kwargs["attn_implementation"] = attn_implementation
@@ -208,9 +213,8 @@ def load_checkpoint(
             "delete the snapshot folder and fetch the checkpoint again.",
         ) from None
     model.eval().to(device)
-    tokenizer = load_tokenizer(run_obj.repo_id, **kwargs) if with_tokenizer else None
     if tokenizer is not None:
-        check_vocab(tokenizer, model.config.vocab_size, f"{run_obj.repo_id}@{revision}")
+        check_vocab(tokenizer, model.config.vocab_size, where)
     return model, tokenizer
 
 
@@ -292,3 +296,75 @@ def cached_steps(suite: Suite, run: Run | str, cache_dir: str | os.PathLike[str]
 def remove_repo(cache_dir: str | os.PathLike[str], repo_id: str) -> None:
     """Delete a whole repo from a cache folder (used to rebuild the mini-suite)."""
     shutil.rmtree(repo_folder(cache_dir, repo_id), ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- pre-flight
+
+
+def default_hub_cache() -> Path:
+    """huggingface_hub's default cache folder (HF_HUB_CACHE / HF_HOME, read at import)."""
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    return Path(HF_HUB_CACHE)
+
+
+def snapshot_folder(cache_dir: str | os.PathLike[str], repo_id: str, revision: str) -> Path:
+    """The snapshot folder a cached `revision` resolves to (refs -> commit -> snapshot),
+    without asking the hub."""
+    folder = repo_folder(cache_dir, repo_id)
+    commit = (folder / "refs" / revision).read_text().strip()
+    return folder / "snapshots" / commit
+
+
+def config_limits(folder: Path) -> tuple[int | None, int | None]:
+    """(vocab size, context length) declared by a snapshot's config.json (None if unknown)."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None, None
+    vocab = config.get("vocab_size")
+    n_ctx = next(
+        (config[k] for k in ("n_positions", "max_position_embeddings", "n_ctx") if config.get(k)),
+        None,
+    )
+    return (
+        vocab if isinstance(vocab, int) else None,
+        n_ctx if isinstance(n_ctx, int) else None,
+    )
+
+
+def tokenizer_vocab(folder: Path) -> dict[str, Any] | None:
+    """A snapshot's tokenizer as data: {'vocab': token -> id, 'merges': [...]} read from
+    `tokenizer.json` or `vocab.json` + `merges.txt` without building a tokenizer; None when
+    the snapshot holds neither (or they do not parse)."""
+    try:
+        if (folder / "tokenizer.json").is_file():
+            model = json.loads((folder / "tokenizer.json").read_text()).get("model", {})
+            merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+            return {"vocab": model.get("vocab", {}), "merges": merges}
+        if (folder / "vocab.json").is_file():
+            vocab = json.loads((folder / "vocab.json").read_text())
+            merges_path = folder / "merges.txt"
+            lines = merges_path.read_text().splitlines() if merges_path.is_file() else []
+            merges = [ln for ln in lines if ln and not ln.startswith("#version")]
+            return {"vocab": vocab, "merges": merges}
+    except (OSError, ValueError, AttributeError):
+        return None
+    return None
+
+
+def hub_unreachable(timeout: float = 5.0) -> str | None:
+    """Why the hub endpoint cannot be reached (a TCP connect within `timeout` s), or None."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub.constants import ENDPOINT
+
+    url = urlparse(ENDPOINT)
+    host = url.hostname or "huggingface.co"
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return f"{host}:{port}: {type(exc).__name__}: {exc}"

@@ -182,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         output = args.func(args)
     except SeedscopeError as exc:
-        print(f"seedscope: error: {exc}", file=sys.stderr)
+        # One line, whatever a wrapped library message held (YAML marks, reprs of paths).
+        print(f"seedscope: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

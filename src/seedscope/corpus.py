@@ -1375,6 +1375,21 @@ def _read_text_files(cfg: CorpusConfig) -> list[tuple[str, str]]:
     return out
 
 
+def check_inputs(cfg: CorpusConfig) -> None:
+    """Pre-flight of `build_corpus` (cheap, before any tokenizer is trained): for
+    `source: text`, every *.txt in text_dir is non-empty UTF-8 and together large enough
+    for the eval split plus a train split, and `tokenizer_dir`, if set, is a folder."""
+    if cfg.source != "text":
+        return
+    _read_text_files(cfg)
+    if cfg.tokenizer_dir and not _resolve(cfg.tokenizer_dir).is_dir():
+        raise SeedscopeError(
+            f"tokenizer_dir {str(_resolve(cfg.tokenizer_dir))!r} does not exist.",
+            "point tokenizer_dir at a folder with tokenizer.json (or vocab.json + "
+            "merges.txt), or leave it empty to train one.",
+        )
+
+
 def _text_documents(files: list[tuple[str, str]], target_chars: int = 4000) -> list[str]:
     """Split files into documents of whole paragraphs (~target_chars each)."""
     docs = []

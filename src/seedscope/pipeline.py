@@ -2,10 +2,12 @@
 
 `dvc.yaml` calls `seedscope stage NAME` for every stage. The runner reads only the params
 sections the stage declares (the same list `dvc.yaml` tracks; a test checks they agree),
-validates them before any heavy work (a bad value exits with status 2 and one line), then
-executes `notebooks/NN_NAME.ipynb` with papermill, receiving those sections as parameters,
-and writes the executed notebook and its HTML rendering (code hidden, outputs kept) to
-`reports/notebooks/`, with volatile metadata (timings, kernel ids) stripped.
+validates them before any heavy work (a bad value exits with status 2 and one line), runs
+the stage's pre-flight checks on the project (`preflight`: upstream inputs present, outputs
+writable, checkpoints reachable, ...), then executes `notebooks/NN_NAME.ipynb` with
+papermill, receiving those sections as parameters, and writes the executed notebook and its
+HTML rendering (code hidden, outputs kept) to `reports/notebooks/`, with volatile metadata
+(timings, kernel ids) stripped.
 """
 
 from __future__ import annotations
@@ -78,7 +80,9 @@ def read_params(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     try:
         params = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise SeedscopeError(f"{path} is not valid YAML ({exc}).", "fix its syntax.") from None
+        raise SeedscopeError(
+            f"{path} is not valid YAML ({yaml_problem(exc)}).", "fix its syntax."
+        ) from None
     if not isinstance(params, dict):
         raise SeedscopeError(f"{path} must be a mapping of sections.", "see README.")
     for key in params:
@@ -90,18 +94,58 @@ def read_params(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     return params
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong and where (line:column, 1-based)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
+
+
 def validate_stage(name: str, params: dict[str, Any]) -> dict[str, Any]:
     """Validate the sections stage `name` reads; return them as plain dicts for papermill."""
     from seedscope.config import SuiteConfig, from_section
 
     stage = get_stage(name)
     resolved = {}
+    configs = {}
     for section in stage.sections:
         config = from_section(config_class(section), params.get(section), section)
         if isinstance(config, SuiteConfig):
-            config.resolve()  # unknown suite/run, step off the schedule, mid after final
+            configs["suite"] = config.resolve()  # unknown suite/run, step off the schedule
+        else:
+            configs[section] = config
         resolved[section] = params.get(section) or {}
+    suite = configs.get("suite")
+    for section, config in configs.items():
+        steps = getattr(config, "steps", None)
+        if suite is not None and section != "suite" and steps is not None:
+            _check_steps(section, steps, suite)
     return resolved
+
+
+def _check_steps(section: str, steps: Any, resolved: Any) -> None:
+    """Every step a section names ('mid', 'final', 'all' where allowed, or an integer) is
+    on the suite's schedule; the error names `section.steps`."""
+    if steps == "all":
+        return
+    values = list(steps) if isinstance(steps, list | tuple) else [steps]
+    allowed = ("mid", "final", "all") if section == "token_losses" else ("mid", "final")
+    for step in values:
+        if isinstance(step, str) and section == "token_losses" and step.isdigit():
+            step = int(step)
+        if isinstance(step, str):
+            if step not in allowed:
+                raise SeedscopeError(
+                    f"{section}.steps names {step!r}, which is not a step.",
+                    f"use {', '.join(map(repr, allowed))} or integers on the schedule "
+                    f"(see `seedscope checkpoints {resolved.suite.name}`).",
+                )
+            continue
+        try:
+            resolved.suite.check_step(step)
+        except SeedscopeError as exc:
+            raise SeedscopeError(f"{section}.steps: {exc.problem}", exc.fix) from None
 
 
 def get_stage(name: str) -> Stage:
@@ -115,10 +159,14 @@ def get_stage(name: str) -> Stage:
 
 def run_stage(name: str, params_path: str | os.PathLike[str] | None = None) -> Path:
     """Validate, execute and render one stage's notebook; return the rendered HTML path."""
-    import papermill
-
     stage = get_stage(name)
-    parameters = validate_stage(name, read_params(params_path))
+    params = read_params(params_path)
+    parameters = validate_stage(name, params)
+    preflight(name, params)
+    clean_partial_writes(*(project_root() / out for out in stage_io(name)[1]))
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
     root = project_root()
     source = root / "notebooks" / f"{stage.notebook}.ipynb"
     out_dir = reports_dir() / "notebooks"
@@ -126,20 +174,253 @@ def run_stage(name: str, params_path: str | os.PathLike[str] | None = None) -> P
     executed = out_dir / f"{stage.notebook}.ipynb"
     os.environ["SEEDSCOPE_ROOT"] = str(root)
     with atomic_path(executed) as tmp:
-        papermill.execute_notebook(
-            str(source),
-            str(tmp),
-            parameters=parameters,
-            kernel_name="python3",
-            cwd=str(root),
-            progress_bar=False,
-            log_output=False,
-            report_mode=False,
-        )
+        try:
+            papermill.execute_notebook(
+                str(source),
+                str(tmp),
+                parameters=parameters,
+                kernel_name="python3",
+                cwd=str(root),
+                progress_bar=False,
+                log_output=False,
+                report_mode=False,
+            )
+        except PapermillExecutionError as exc:
+            if exc.ename != "SeedscopeError":
+                raise
+            # A user error the pre-flight could not see: still one line, not a traceback.
+            raise SeedscopeError(f"Stage {name!r} stopped: {exc.evalue}") from None
         strip_volatile(tmp)
     html = executed.with_suffix(".html")
     render_html(executed, html)
     return html
+
+
+# ----------------------------------------------------------------------------- pre-flight
+
+
+def stage_io(name: str) -> tuple[list[str], list[str], dict[str, str]]:
+    """(upstream data deps, outputs, output -> producing stage) of stage `name`, read from the
+    project's dvc.yaml (empty when the project has none)."""
+    path = project_root() / "dvc.yaml"
+    if not path.is_file():
+        return [], [], {}
+    try:
+        stages = (yaml.safe_load(path.read_text()) or {}).get("stages") or {}
+    except yaml.YAMLError:
+        return [], [], {}
+    producers: dict[str, str] = {}
+    outs_of: dict[str, list[str]] = {}
+    for stage_name, spec in stages.items():
+        outs = []
+        for kind in ("outs", "metrics", "plots"):
+            for out in (spec or {}).get(kind, []) or []:
+                outs.append(out if isinstance(out, str) else next(iter(out)))
+        outs_of[stage_name] = outs
+        producers.update(dict.fromkeys(outs, stage_name))
+    spec = stages.get(name) or {}
+    deps = [
+        d
+        for d in spec.get("deps", []) or []
+        if isinstance(d, str) and not d.startswith(("notebooks/", "src/"))
+    ]
+    return deps, outs_of.get(name, []), producers
+
+
+def check_inputs(name: str) -> None:
+    """Every upstream output stage `name` reads exists; else name the stage that makes it."""
+    root = project_root()
+    deps, _, producers = stage_io(name)
+    for dep in deps:
+        if not (root / dep).exists():
+            maker = producers.get(dep)
+            fix = (
+                f"run the stage that makes it first: `dvc repro {maker}` "
+                f"(or `seedscope stage {maker}`)."
+                if maker
+                else "restore it (it is not made by any stage)."
+            )
+            raise SeedscopeError(f"Stage {name!r} reads {dep}, which does not exist.", fix)
+
+
+def writable_problem(path: Path, folder: bool) -> str | None:
+    """Why `path` (a `folder` or a file, to be written) could not be written, or None.
+
+    Walks up to the nearest existing ancestor, which must be a folder and writable
+    (`os.access`: a read-only mount is caught; root passes mode bits, so a folder merely
+    chmod'ed read-only is not reported when running as root). An existing `path` must be of
+    the right kind (a file where a folder goes cannot be written into)."""
+    if path.exists():
+        if folder and not path.is_dir():
+            return f"{path} is a file, not a folder"
+        if not folder and path.is_dir():
+            return f"{path} is a folder, not a file"
+        mode = os.W_OK | os.X_OK if folder else os.W_OK
+        return None if os.access(path, mode) else f"{path} is read-only"
+    target = path.parent
+    while not target.exists():
+        if target.parent == target:
+            return None
+        target = target.parent
+    if not target.is_dir():
+        return f"{target} is a file, not a folder"
+    if not os.access(target, os.W_OK | os.X_OK):
+        return f"the folder {target} is not writable"
+    return None
+
+
+def check_outputs(name: str) -> None:
+    """Every output of stage `name` (and its rendered notebook) can be written."""
+    root = project_root()
+    _, outs, _ = stage_io(name)
+    # dvc.yaml outs without a suffix are folders (results/corpus, figures/<stage>, ...)
+    targets = [(root / out, not Path(out).suffix) for out in outs]
+    targets.append((reports_dir() / "notebooks", True))
+    for target, folder in targets:
+        problem = writable_problem(target, folder)
+        if problem:
+            raise SeedscopeError(
+                f"Stage {name!r} cannot write {target}: {problem}.",
+                "make that path a writable folder (remove the file in its way, or fix "
+                "permissions), or run the project from a writable checkout.",
+            )
+
+
+def clean_partial_writes(*roots: Path) -> list[Path]:
+    """Remove what a killed run of a stage left in its outputs: `.tmp-*` files (from
+    `seedscope.io.atomic_path`) and `.ckpt-*` folders (the trainer's staging folders).
+    Only the stage about to run writes there, so none of them is in use; returns them."""
+    import shutil
+
+    removed = []
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for path in sorted(root.rglob("*"), reverse=True):  # children before parents
+            if path.name.startswith(".tmp-") and (path.is_file() or path.is_symlink()):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+            elif path.name.startswith(".ckpt-") and path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    return removed
+
+
+def preflight(name: str, params: dict[str, Any]) -> None:
+    """Cheap checks of the project before stage `name` does any heavy work.
+
+    Runs after `validate_stage` (params are valid): upstream inputs exist (the fix names the
+    stage to run), outputs are writable, and stage-specific checks: `corpus` with
+    `source: text` reads and checks its text files; `token_losses` checks that every
+    checkpoint it needs is cached (or the hub reachable), that the cache budget holds one
+    checkpoint, that the runs share one tokenizer, that the eval tokens fit the models'
+    vocabulary and context, and that a Dask scheduler answers. Raises SeedscopeError.
+    """
+    check_inputs(name)
+    check_outputs(name)
+    if name == "corpus":
+        from seedscope.config import from_section
+        from seedscope.corpus import CorpusConfig
+        from seedscope.corpus import check_inputs as check_corpus_inputs
+
+        check_corpus_inputs(from_section(CorpusConfig, params.get("corpus"), "corpus"))
+    elif name == "token_losses":
+        preflight_token_losses(params)
+
+
+def preflight_token_losses(params: dict[str, Any]) -> None:
+    """The `token_losses` pre-flight (see `preflight`)."""
+    import numpy as np
+
+    from seedscope import checkpoints as ck
+    from seedscope.config import SuiteConfig, from_section
+    from seedscope.paths import corpus_dir
+    from seedscope.sweep import SweepConfig, check_scheduler, resolve_units
+
+    resolved = from_section(SuiteConfig, params.get("suite"), "suite").resolve()
+    cfg = from_section(SweepConfig, params.get("token_losses"), "token_losses")
+    suite = resolved.suite
+    named = {"mid": resolved.mid_step, "final": resolved.final_step}
+    units = resolve_units(suite, "all", [named.get(s, s) for s in cfg.steps])
+    cache = ck.cache_dir_for(suite) or ck.default_hub_cache()
+    present = {r.name: set(ck.cached_steps(suite, r, cache)) for r in suite.runs}
+    missing = [u for u in units if u.step not in present[u.run]]
+    if missing:
+        first = missing[0]
+        what = (
+            f"{len(missing)} of the {len(units)} checkpoints stage 'token_losses' needs "
+            f"(e.g. {first.repo_id} revision {first.revision!r}) are not in {cache}"
+        )
+        if suite.local_cache is not None:
+            raise SeedscopeError(
+                f"{what}.", f"train suite {suite.name!r} first: `dvc repro train`."
+            )
+        if ck.hub_offline():
+            raise SeedscopeError(
+                f"{what}, and HF_HUB_OFFLINE is set, so they cannot be downloaded.",
+                "unset HF_HUB_OFFLINE where the hub is reachable, or fetch them first "
+                f"(`huggingface-cli download {first.repo_id} --revision {first.revision}`) "
+                "into the cache HF_HUB_CACHE points at.",
+            )
+        problem = ck.hub_unreachable()
+        if problem:
+            raise SeedscopeError(
+                f"{what}, and the hub is unreachable ({problem}).",
+                "connect to the hub, or point HF_HUB_CACHE at a cache that holds them.",
+            )
+    folders = {
+        r.name: ck.snapshot_folder(cache, r.repo_id, suite.revision(max(present[r.name])))
+        for r in suite.runs
+        if present[r.name]
+    }
+    if suite.local_cache is None and folders:
+        biggest = max(ck.checkpoint_bytes(f) for f in folders.values())
+        if cfg.cache_budget_gb * 1e9 < biggest:
+            raise SeedscopeError(
+                f"token_losses.cache_budget_gb = {cfg.cache_budget_gb:g} GB is smaller than "
+                f"one checkpoint of suite {suite.name!r} ({biggest / 1e9:.3g} GB).",
+                f"set token_losses.cache_budget_gb to at least {2 * biggest / 1e9:.3g} "
+                "(two checkpoints: the current one and the prefetched next).",
+            )
+    vocabs = {run: ck.tokenizer_vocab(folder) for run, folder in folders.items()}
+    known = {run: v for run, v in vocabs.items() if v is not None}
+    if len({json_key(v) for v in known.values()}) > 1:
+        names = sorted(known)
+        raise SeedscopeError(
+            f"The runs of suite {suite.name!r} do not share one tokenizer "
+            f"(runs {', '.join(names)} have {len({json_key(v) for v in known.values()})} "
+            "different vocabularies), so their per-token losses are not comparable.",
+            "compare only runs trained with the same tokenizer: split the suite, or list "
+            "matching runs in suite.runs.",
+        )
+    eval_path = corpus_dir() / "eval_tokens.npy"
+    if eval_path.is_file() and folders:
+        windows = np.load(eval_path, mmap_mode="r")
+        top = int(windows.max()) if windows.size else -1
+        for run, folder in folders.items():
+            vocab, n_ctx = ck.config_limits(folder)
+            if vocab is not None and top >= vocab:
+                raise SeedscopeError(
+                    f"The eval tokens ({eval_path}) hold token id {top}, outside the vocabulary "
+                    f"[0, {vocab}) of run {run!r} of suite {suite.name!r}.",
+                    "rebuild the corpus with the suite's own tokenizer (corpus.tokenizer_dir) "
+                    "and run `dvc repro corpus`.",
+                )
+            if n_ctx is not None and windows.ndim == 2 and windows.shape[1] > n_ctx:
+                raise SeedscopeError(
+                    f"The eval windows are {windows.shape[1]} tokens long, more than the "
+                    f"context ({n_ctx}) of run {run!r} of suite {suite.name!r}.",
+                    f"set corpus.window to at most {n_ctx} and run `dvc repro corpus`.",
+                )
+    if cfg.scheduler:
+        check_scheduler(cfg.scheduler, cfg.scheduler_timeout_s)
+
+
+def json_key(value: Any) -> str:
+    """A canonical string of a JSON-able value (to compare vocabularies)."""
+    import json
+
+    return json.dumps(value, sort_keys=True)
 
 
 def strip_volatile(path: Path) -> None:

@@ -147,8 +147,11 @@ def _read_specs() -> dict[str, tuple[dict, Path]]:
             try:
                 spec = yaml.safe_load(path.read_text())
             except yaml.YAMLError as exc:
+                mark = getattr(exc, "problem_mark", None)
+                where = f" at line {mark.line + 1}" if mark is not None else ""
                 raise SeedscopeError(
-                    f"Suite file {path} is not valid YAML ({exc}).", "fix or remove it."
+                    f"Suite file {path} is not valid YAML ({getattr(exc, 'problem', None) or 'parse error'}{where}).",
+                    "fix or remove it.",
                 ) from None
             if not isinstance(spec, dict) or "name" not in spec:
                 raise SeedscopeError(f"Suite file {path} has no `name`.", "add `name: <suite>`.")

@@ -528,7 +528,8 @@ def run_sweep(
             "n_windows": int(arr.shape[0]),
             "window": int(arr.shape[1]),
             **provenance,
-            **entry,
+            # wall time stays out of the manifest (a pipeline output): same inputs, same bytes
+            **{k: v for k, v in entry.items() if k != "seconds"},
         }
         write_json(out / MANIFEST, manifest)
         tokens_done += entry["tokens"]
@@ -591,17 +592,44 @@ def _run_local(
             finish(unit, entry)
 
 
+def _no_scheduler(address: str, timeout: float, exc: BaseException) -> SeedscopeError:
+    return SeedscopeError(
+        f"The Dask scheduler at {address!r} did not answer within {timeout:g} s "
+        f"({type(exc).__name__}).",
+        "start it (`dask scheduler`) or fix `scheduler` (use '' for the local executor).",
+    )
+
+
+def check_scheduler(address: str, timeout: float) -> None:
+    """A cheap pre-flight: the scheduler's TCP port accepts a connection within `timeout` s
+    (addresses without host:port, e.g. `inproc://`, are left to the client)."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(address if "://" in address else f"tcp://{address}")
+    try:
+        host, port = url.hostname, url.port
+    except ValueError as exc:
+        raise SeedscopeError(
+            f"The Dask scheduler address {address!r} is malformed ({exc}).",
+            "use e.g. 'tcp://host:8786' (or '' for the local executor).",
+        ) from None
+    if not host or port is None:
+        return
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return
+    except OSError as exc:
+        raise _no_scheduler(address, timeout, exc) from None
+
+
 def _connect(address: str, timeout: float) -> Any:
     from dask.distributed import Client
 
     try:
         return Client(address, timeout=timeout, set_as_default=False)
     except (OSError, TimeoutError) as exc:
-        raise SeedscopeError(
-            f"The Dask scheduler at {address!r} did not answer within {timeout:g} s "
-            f"({type(exc).__name__}).",
-            "start it (`dask scheduler`) or fix `scheduler` (use '' for the local executor).",
-        ) from None
+        raise _no_scheduler(address, timeout, exc) from None
 
 
 def _run_dask(

@@ -15,6 +15,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -27,9 +28,12 @@ import pandas as pd
 import torch
 
 from seedscope.errors import SeedscopeError
-from seedscope.hubcache import cached_revisions, write_snapshot
+from seedscope.hubcache import cached_revisions, repo_folder, write_snapshot
 from seedscope.io import atomic_path, read_json, write_json, write_parquet
 from seedscope.suites import Run, Suite
+
+# Summary fields that depend on the machine or on interruptions, not on the weights.
+VOLATILE_SUMMARY_KEYS = ("tokens_per_s", "wall_s", "resumed_from", "skipped")
 
 DEFAULT_SIZES: dict[str, dict[str, int]] = {
     "small": {"n_layer": 2, "n_head": 4, "n_embd": 64},
@@ -434,7 +438,8 @@ def _save_snapshot(
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # no "Writing model shards" bar per checkpoint
     try:
-        with tempfile.TemporaryDirectory(prefix=".ckpt-", dir=cache_dir) as tmp:
+        prefix = f".ckpt-{run.repo_id.replace('/', '--')}-"
+        with tempfile.TemporaryDirectory(prefix=prefix, dir=cache_dir) as tmp:
             model.save_pretrained(tmp)
             files: dict[str, Any] = {p.name: p for p in Path(tmp).iterdir() if p.is_file()}
             files.update(corpus.tokenizer_files)
@@ -442,6 +447,18 @@ def _save_snapshot(
     finally:
         if bars:
             hf_logging.enable_progress_bar()
+
+
+def _remove_partial_writes(cache: Path, logs: Path, run: Run) -> None:
+    """Delete what a kill left half-written for this run (never another run's files, so
+    parallel workers are safe): staging folders, `.tmp-*` files of its snapshots and logs."""
+    flat = run.repo_id.replace("/", "--")
+    for staging in cache.glob(f".ckpt-{flat}-*"):
+        shutil.rmtree(staging, ignore_errors=True)
+    for partial in repo_folder(cache, run.repo_id).rglob(".tmp-*"):
+        partial.unlink(missing_ok=True)
+    for partial in logs.glob(f".tmp-{flat}.*"):
+        partial.unlink(missing_ok=True)
 
 
 def train_run(
@@ -485,6 +502,7 @@ def train_run(
             f"({cfg.context}).",
             "raise `context` to at least the corpus window.",
         )
+    _remove_partial_writes(cache, logs, run)
     schedule = tuple(suite.steps)
     init_seed, data_seed = cfg.seeds(run)
     fingerprint = hashlib.sha256(
@@ -568,7 +586,8 @@ def _train(
             probe = induction_probe(model, probe_ids, corpus.eos_id, probe_len, cfg.probe_sequences)
             probes = [*probes, {"step": at, "eval_loss": eval_loss(model, eval_windows), **probe}]
         if at > 0:
-            with atomic_path(state_path) as tmp:
+            # Saved through a handle: torch.save(path) embeds the (random) temp file name.
+            with atomic_path(state_path) as tmp, open(tmp, "wb") as handle:
                 torch.save(
                     {
                         "fingerprint": fingerprint,
@@ -579,7 +598,7 @@ def _train(
                         "lrs": torch.tensor(lrs, dtype=torch.float64),
                         "probes": json.dumps(probes),
                     },
-                    tmp,
+                    handle,
                 )
         if suite.revision(at) not in have:
             _save_snapshot(model, cache, suite, run, at, corpus)
@@ -640,7 +659,9 @@ def _train(
         "wall_s": wall,
         "resumed_from": resumed_from,
     }
-    write_json(meta_path, {"fingerprint": fingerprint, "summary": summary})
+    # Only what the weights determine is written: timings and resume history vary by run.
+    stable = {k: v for k, v in summary.items() if k not in VOLATILE_SUMMARY_KEYS}
+    write_json(meta_path, {"fingerprint": fingerprint, "summary": stable})
     return {**summary, "skipped": False}
 
 
@@ -705,5 +726,6 @@ def train_suite(
             results = pool.map(_worker, tasks, chunksize=1)
     by_name = {r["run"]: r for r in results}
     frame = pd.DataFrame([by_name[r.name] for r in suite.runs])
-    write_parquet(logs / f"{suite.name}.summary.parquet", frame)
+    stable = frame.drop(columns=[c for c in VOLATILE_SUMMARY_KEYS if c in frame.columns])
+    write_parquet(logs / f"{suite.name}.summary.parquet", stable)
     return frame

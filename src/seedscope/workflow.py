@@ -1349,7 +1349,11 @@ def train_stage(suite: dict[str, Any], corpus: dict[str, Any], train: dict[str, 
     metrics = write_metrics(
         "train",
         heads,
-        details={"runs": summary.to_dict("records")},
+        details={
+            "runs": summary.drop(columns=list(tr.VOLATILE_SUMMARY_KEYS), errors="ignore").to_dict(
+                "records"
+            )
+        },
         provenance=stage_provenance("train", resolved, list(resolved.suite.steps), cfg),
     )
     return {
