@@ -33,6 +33,8 @@ def headline(
         x = float(x)
         if not math.isfinite(x):
             return None
+        if x.is_integer():  # counts stay exact
+            return x
         return float(f"{x:.6g}")
 
     return {
