@@ -57,23 +57,6 @@ def _checkpoints(args: argparse.Namespace) -> str:
     return "\n".join(f"{t['run']}\t{t['step']}\t{t['revision']}" for t in table)
 
 
-def read_text_file(path: str | Path) -> str:
-    """Read a UTF-8 text file; empty, missing or non-UTF-8 files are user errors."""
-    path = Path(path)
-    if not path.is_file():
-        raise SeedscopeError(f"Text file {path} does not exist.", "give the path of a text file.")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise SeedscopeError(
-            f"Text file {path} is not UTF-8 (byte {exc.start}).",
-            "convert it, e.g. `iconv -f latin1 -t utf-8`.",
-        ) from None
-    if not text.strip():
-        raise SeedscopeError(f"Text file {path} is empty.", "give a file with some text.")
-    return text
-
-
 def text_logprobs(model: Any, tokenizer: Any, text: str) -> dict[str, Any]:
     """Per-token log-probs of `text`: logprobs[i] = log P(token_i | tokens_<i), [0] is None.
 
@@ -109,6 +92,8 @@ def _logprobs(args: argparse.Namespace) -> str:
     suite = get_suite(args.suite)
     run = suite.run(args.run)
     revision = suite.revision(args.step)
+    from seedscope.io import read_text_file
+
     text = read_text_file(args.text_file)
     model, tokenizer = load_checkpoint(suite, run, args.step)
     result = {"suite": suite.name, "run": run.name, "step": args.step, "revision": revision}

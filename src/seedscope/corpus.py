@@ -82,7 +82,7 @@ import numpy as np
 import pandas as pd
 
 from seedscope.errors import SeedscopeError, closest
-from seedscope.io import atomic_path, write_json, write_npy, write_parquet
+from seedscope.io import atomic_path, read_text_file, write_json, write_npy, write_parquet
 
 EOS = "<|endoftext|>"
 TAGS = (
@@ -1353,16 +1353,7 @@ def _read_text_files(cfg: CorpusConfig) -> list[tuple[str, str]]:
         )
     out = []
     for f in files:
-        try:
-            text = f.read_bytes().decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise SeedscopeError(
-                f"text file {f.name!r} is not UTF-8 ({err.reason} at byte {err.start}).",
-                "re-encode it as UTF-8 or remove it from text_dir.",
-            ) from None
-        if not text.strip():
-            raise SeedscopeError(f"text file {f.name!r} is empty.", "fill it or remove it.")
-        out.append((f.name, text))
+        out.append((f.name, read_text_file(f)))
     need = (cfg.n_eval_tokens // cfg.window) * (cfg.window - 1)
     n_bytes = sum(len(t.encode("utf-8")) for _, t in out)
     # every token holds at least one byte, and train needs at least as much again

@@ -77,3 +77,23 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def read_text_file(path: str | os.PathLike[str]) -> str:
+    """A UTF-8 text file's contents; a missing, empty or non-UTF-8 file is a user error
+    (SeedscopeError naming the file and the fix)."""
+    from seedscope.errors import SeedscopeError
+
+    path = Path(path)
+    if not path.is_file():
+        raise SeedscopeError(f"Text file '{path}' does not exist.", "give the path of a text file.")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SeedscopeError(
+            f"Text file '{path}' is not UTF-8 ({exc.reason} at byte {exc.start}).",
+            "re-encode it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`) or remove it.",
+        ) from None
+    if not text.strip():
+        raise SeedscopeError(f"Text file '{path}' is empty.", "fill it or remove it.")
+    return text

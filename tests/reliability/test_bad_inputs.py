@@ -363,7 +363,7 @@ CASES: dict[str, Case] = {
         TL, "more than the context (64)", HUB, mutate=_eval_tokens(5, window=128)
     ),
     "empty text file": Case(
-        ["stage", "corpus", "--params", "{params}"], "'b.txt' is empty", _corpus("empty")
+        ["stage", "corpus", "--params", "{params}"], "b.txt' is empty", _corpus("empty")
     ),
     "non-UTF-8 text file": Case(
         ["stage", "corpus", "--params", "{params}"], "is not UTF-8", _corpus("latin")
