@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser test repro smoke lab lint format bench clean-venv
+.PHONY: setup browser test repro smoke lab lint format bench owt-text clean-venv
 
 setup: $(STAMP)
 
@@ -50,6 +50,11 @@ lab: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_engine.py
+
+# After `dvc update data.dvc` (network): unpack the OpenWebText sample to data/openwebtext-10k/*.txt
+owt-text:
+	tar -xJf data/openwebtext-10k.tar.xz -C data
+	tar -xJf data/openwebtext-10k/10k.xz -C data/openwebtext-10k && rm data/openwebtext-10k/10k.xz
 
 clean-venv:
 	rm -rf $(VENV)
