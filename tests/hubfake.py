@@ -158,3 +158,24 @@ def numpy_gpt2_logprobs(model, ids: list[int]) -> np.ndarray:
     logits -= logits.max(-1, keepdims=True)
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     return np.array([logp[t - 1, ids[t]] for t in range(1, T)])
+
+
+def tiny_tokenizer(folder: Path):
+    """A tiny byte-level BPE (vocab 270, `<|endoftext|>` as EOS/BOS/UNK) saved in `folder`:
+    the tokenizer of the tiny corpora that training tests build."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(
+        ["the cat sat on the mat"] * 5,
+        vocab_size=270,
+        special_tokens=["<|endoftext|>"],
+        show_progress=False,
+    )
+    end = "<|endoftext|>"
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer, eos_token=end, bos_token=end, unk_token=end
+    )
+    tok.save_pretrained(folder)
+    return tok

@@ -56,22 +56,10 @@ def _safetensors(cache: Path, run: Run, step: int) -> bytes:
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny corpus: byte-level BPE tokenizer, random train tokens with repeats, eval windows."""
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import PreTrainedTokenizerFast
+    import hubfake
 
     out = tmp_path_factory.mktemp("corpus")
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(
-        ["the cat sat on the mat"] * 5,
-        vocab_size=270,
-        special_tokens=["<|endoftext|>"],
-        show_progress=False,
-    )
-    end = "<|endoftext|>"
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=bpe._tokenizer, eos_token=end, bos_token=end, unk_token=end
-    )
-    tok.save_pretrained(out / "tokenizer")
+    tok = hubfake.tiny_tokenizer(out / "tokenizer")
     vocab, eos = len(tok), tok.eos_token_id
     rng = np.random.default_rng(0)
     span = rng.integers(1, vocab, size=(300, 8))

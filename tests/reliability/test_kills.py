@@ -188,22 +188,10 @@ def _leftovers(*roots: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     """A tiny corpus (as in tests/test_train.py): BPE tokenizer, train stream, eval windows."""
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import PreTrainedTokenizerFast
+    import hubfake
 
     out = tmp_path_factory.mktemp("corpus")
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(
-        ["the cat sat on the mat"] * 5,
-        vocab_size=270,
-        special_tokens=["<|endoftext|>"],
-        show_progress=False,
-    )
-    end = "<|endoftext|>"
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=bpe._tokenizer, eos_token=end, bos_token=end, unk_token=end
-    )
-    tok.save_pretrained(out / "tokenizer")
+    tok = hubfake.tiny_tokenizer(out / "tokenizer")
     rng = np.random.default_rng(0)
     span = rng.integers(1, len(tok), size=(300, 8))
     train = np.concatenate([np.tile(span, 2), np.full((300, 1), tok.eos_token_id)], axis=1)
