@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser test repro smoke lab lint format bench owt-text clean-venv
+.PHONY: setup browser test repro smoke long lab lint format bench owt-text clean-venv
 
 setup: $(STAMP)
 
@@ -44,12 +44,19 @@ smoke: setup
 	cd .smoke && SEEDSCOPE_ROOT="$$PWD" PATH="$(abspath $(BIN)):$$PATH" dvc repro
 	@echo "open .smoke/reports/index.html"
 
+# The induction profile (~2 h) in a scratch copy (.long/); rerun to resume, rm -rf .long to restart.
+long: setup
+	test -d .long || $(BIN)/python -c "from seedscope.pipeline import scratch_copy; scratch_copy('.long', 'induction')"
+	cd .long && SEEDSCOPE_ROOT="$$PWD" PATH="$(abspath $(BIN)):$$PATH" dvc repro
+	@echo "open .long/reports/index.html"
+
 # JupyterLab with the project's kernel ("seedscope (.venv)"), notebooks folder open.
 lab: setup
 	SEEDSCOPE_ROOT="$(CURDIR)" $(BIN)/jupyter lab --notebook-dir=notebooks
 
 bench: setup
 	$(BIN)/python benchmarks/bench_engine.py
+	$(BIN)/python benchmarks/bench_train.py
 
 # After `dvc update data.dvc` (network): unpack the OpenWebText sample to data/openwebtext-10k/*.txt
 owt-text:

@@ -43,7 +43,9 @@ def test_every_stage_dep_is_an_upstream_out_or_source():
             assert order.index(produced[dep]) < order.index(name)
 
 
-@pytest.mark.parametrize("profile", ["params.yaml", "profiles/smoke.yaml"])
+@pytest.mark.parametrize(
+    "profile", ["params.yaml", "profiles/smoke.yaml", "profiles/induction.yaml"]
+)
 def test_shipped_params_validate_for_every_stage(profile):
     params = read_params(ROOT / profile)
     for name in STAGES:
