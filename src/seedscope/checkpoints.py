@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from seedscope.errors import SeedscopeError
+from seedscope.errors import SeedscopeError, connect_problem
 from seedscope.hubcache import repo_folder
 from seedscope.paths import results_dir
 from seedscope.suites import Run, Suite
@@ -213,7 +213,7 @@ def load_checkpoint(
             "delete the snapshot folder and fetch the checkpoint again.",
         ) from None
     model.eval().to(device)
-    if tokenizer is not None:
+    if tokenizer is not None and not isinstance(declared, int):
         check_vocab(tokenizer, model.config.vocab_size, where)
     return model, tokenizer
 
@@ -355,16 +355,10 @@ def tokenizer_vocab(folder: Path) -> dict[str, Any] | None:
 
 def hub_unreachable(timeout: float = 5.0) -> str | None:
     """Why the hub endpoint cannot be reached (a TCP connect within `timeout` s), or None."""
-    import socket
     from urllib.parse import urlparse
 
     from huggingface_hub.constants import ENDPOINT
 
     url = urlparse(ENDPOINT)
     host = url.hostname or "huggingface.co"
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return None
-    except OSError as exc:
-        return f"{host}:{port}: {type(exc).__name__}: {exc}"
+    return connect_problem(host, url.port or (443 if url.scheme == "https" else 80), timeout)

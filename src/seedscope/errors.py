@@ -22,3 +22,22 @@ def closest(name: str, choices: list[str] | tuple[str, ...]) -> str:
 
     match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
     return f" Did you mean {match[0]!r}?" if match else ""
+
+
+def yaml_problem(exc: Exception) -> str:
+    """A YAML parse error in one line: what is wrong and where (line:column, 1-based)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
+
+
+def connect_problem(host: str, port: int, timeout: float) -> str | None:
+    """Why a TCP connection to host:port cannot be opened within `timeout` s, or None."""
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return f"{host}:{port}: {type(exc).__name__}: {exc}"

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from seedscope.errors import SeedscopeError, closest
+from seedscope.errors import SeedscopeError, closest, yaml_problem
 from seedscope.io import atomic_path
 from seedscope.paths import project_root, reports_dir
 
@@ -92,14 +92,6 @@ def read_params(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
                 f"valid sections: {', '.join(SECTION_CONFIGS)}.",
             )
     return params
-
-
-def yaml_problem(exc: yaml.YAMLError) -> str:
-    """A YAML error in one line: what is wrong and where (line:column, 1-based)."""
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    return f"{problem}{where}"
 
 
 def validate_stage(name: str, params: dict[str, Any]) -> dict[str, Any]:

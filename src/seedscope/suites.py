@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from seedscope.errors import SeedscopeError, closest
+from seedscope.errors import SeedscopeError, closest, yaml_problem
 
 PACKAGE_SUITES = Path(__file__).with_name("suites")
 
@@ -147,10 +147,8 @@ def _read_specs() -> dict[str, tuple[dict, Path]]:
             try:
                 spec = yaml.safe_load(path.read_text())
             except yaml.YAMLError as exc:
-                mark = getattr(exc, "problem_mark", None)
-                where = f" at line {mark.line + 1}" if mark is not None else ""
                 raise SeedscopeError(
-                    f"Suite file {path} is not valid YAML ({getattr(exc, 'problem', None) or 'parse error'}{where}).",
+                    f"Suite file {path} is not valid YAML ({yaml_problem(exc)}).",
                     "fix or remove it.",
                 ) from None
             if not isinstance(spec, dict) or "name" not in spec:

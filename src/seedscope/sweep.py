@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from seedscope.errors import SeedscopeError
+from seedscope.errors import SeedscopeError, connect_problem
 from seedscope.io import write_json, write_npy
 from seedscope.losses import (
     _DTYPES,
@@ -592,10 +592,9 @@ def _run_local(
             finish(unit, entry)
 
 
-def _no_scheduler(address: str, timeout: float, exc: BaseException) -> SeedscopeError:
+def _no_scheduler(address: str, timeout: float, reason: str) -> SeedscopeError:
     return SeedscopeError(
-        f"The Dask scheduler at {address!r} did not answer within {timeout:g} s "
-        f"({type(exc).__name__}).",
+        f"The Dask scheduler at {address!r} did not answer within {timeout:g} s ({reason}).",
         "start it (`dask scheduler`) or fix `scheduler` (use '' for the local executor).",
     )
 
@@ -603,7 +602,6 @@ def _no_scheduler(address: str, timeout: float, exc: BaseException) -> Seedscope
 def check_scheduler(address: str, timeout: float) -> None:
     """A cheap pre-flight: the scheduler's TCP port accepts a connection within `timeout` s
     (addresses without host:port, e.g. `inproc://`, are left to the client)."""
-    import socket
     from urllib.parse import urlparse
 
     url = urlparse(address if "://" in address else f"tcp://{address}")
@@ -616,11 +614,9 @@ def check_scheduler(address: str, timeout: float) -> None:
         ) from None
     if not host or port is None:
         return
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return
-    except OSError as exc:
-        raise _no_scheduler(address, timeout, exc) from None
+    problem = connect_problem(host, port, timeout)
+    if problem:
+        raise _no_scheduler(address, timeout, problem)
 
 
 def _connect(address: str, timeout: float) -> Any:
@@ -629,7 +625,7 @@ def _connect(address: str, timeout: float) -> Any:
     try:
         return Client(address, timeout=timeout, set_as_default=False)
     except (OSError, TimeoutError) as exc:
-        raise _no_scheduler(address, timeout, exc) from None
+        raise _no_scheduler(address, timeout, type(exc).__name__) from None
 
 
 def _run_dask(

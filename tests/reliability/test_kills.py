@@ -231,26 +231,43 @@ def _refs(root: Path) -> dict[str, tuple[int, int]]:
     }
 
 
-def test_training_survives_kill_9_at_random_moments(zygote, corpus, tmp_path, report):
-    ref = tmp_path / "ref"
-    status, duration = zygote.run(_train_task(ref, corpus))
+def _clean_reference(zygote, task_for, outputs, tmp_path: Path) -> tuple[dict, float]:
+    """Run the task twice uninterrupted; both must agree. Returns (outputs, shorter duration)."""
+    status, duration = zygote.run(task_for(tmp_path / "ref"))
     assert status == {"signal": 0, "code": 0}
-    expected = _train_outputs(ref)
-    status, again = zygote.run(_train_task(tmp_path / "ref2", corpus))
-    assert _train_outputs(tmp_path / "ref2") == expected  # two clean runs agree
-    duration = min(duration, again)
+    expected = outputs(tmp_path / "ref")
+    status, again = zygote.run(task_for(tmp_path / "ref2"))
+    assert outputs(tmp_path / "ref2") == expected  # two clean runs agree
+    return expected, min(duration, again)
+
+
+def _kill_moments(seed: int, duration: float) -> list[float]:
+    rng = np.random.default_rng(seed)
+    # drawn inside the run (the last 20% may finish before the signal lands)
+    return [float(rng.uniform(0.0, 0.8 * duration)) for _ in range(N_KILLS)]
+
+
+def _kill_then_rerun(zygote, task: dict, kill_at: float, progress) -> tuple[bool, object, dict]:
+    """kill -9 the task at `kill_at` s, read `progress()`, rerun it to the end.
+    Returns (the kill landed mid-run, progress at the kill, the rerun's exit status)."""
+    status, _ = zygote.run(task, kill_after=kill_at)
+    finished = progress()
+    status2, _ = zygote.run(task)
+    return status["signal"] == signal.SIGKILL, finished, status2
+
+
+def test_training_survives_kill_9_at_random_moments(zygote, corpus, tmp_path, report):
+    expected, duration = _clean_reference(
+        zygote, lambda root: _train_task(root, corpus), _train_outputs, tmp_path
+    )
     assert sum(k.startswith("hub/") and "/refs/" in k for k in expected) == len(TRAIN_STEPS)
-    rng = np.random.default_rng(20240611)
     problems, unclean, landed = [], [], 0
-    for attempt in range(N_KILLS):
+    for attempt, kill_at in enumerate(_kill_moments(20240611, duration)):
         root = tmp_path / f"kill{attempt}"
-        # drawn inside the run (the last 20% may finish before the signal lands)
-        kill_at = float(rng.uniform(0.0, 0.8 * duration))
-        status, _ = zygote.run(_train_task(root, corpus), kill_after=kill_at)
-        killed = status["signal"] == signal.SIGKILL
+        killed, finished, status2 = _kill_then_rerun(
+            zygote, _train_task(root, corpus), kill_at, lambda root=root: _refs(root)
+        )
         landed += killed
-        finished = _refs(root)
-        status2, _ = zygote.run(_train_task(root, corpus))
         assert status2 == {"signal": 0, "code": 0}, root / "result.json"
         after = _refs(root)
         kept = sum(after.get(rev) == stamp for rev, stamp in finished.items())
@@ -320,26 +337,24 @@ def _manifest_units(out: Path) -> int:
 def test_sweep_survives_kill_9_at_random_moments(zygote, tmp_path, report):
     windows = tmp_path / "windows.npy"
     np.save(windows, np.random.default_rng(0).integers(0, 101, size=(10, 32)))
-    ref = tmp_path / "ref"
-    status, duration = zygote.run(_sweep_task(ref, windows))
-    assert status == {"signal": 0, "code": 0}
-    expected = _sweep_outputs(ref / "out")
-    status, again = zygote.run(_sweep_task(tmp_path / "ref2", windows))
-    assert _sweep_outputs(tmp_path / "ref2" / "out") == expected  # two clean runs agree
-    duration = min(duration, again)
-    n_units = _manifest_units(ref / "out")
+    expected, duration = _clean_reference(
+        zygote,
+        lambda root: _sweep_task(root, windows),
+        lambda root: _sweep_outputs(root / "out"),
+        tmp_path,
+    )
+    n_units = _manifest_units(tmp_path / "ref" / "out")
     assert n_units == 18
-    rng = np.random.default_rng(20240612)
     problems, landed = [], 0
-    for attempt in range(N_KILLS):
+    for attempt, kill_at in enumerate(_kill_moments(20240612, duration)):
         root = tmp_path / f"kill{attempt}"
-        # drawn inside the run (the last 20% may finish before the signal lands)
-        kill_at = float(rng.uniform(0.0, 0.8 * duration))
-        status, _ = zygote.run(_sweep_task(root, windows), kill_after=kill_at)
-        killed = status["signal"] == signal.SIGKILL
+        killed, finished, status2 = _kill_then_rerun(
+            zygote,
+            _sweep_task(root, windows),
+            kill_at,
+            lambda root=root: _manifest_units(root / "out"),
+        )
         landed += killed
-        finished = _manifest_units(root / "out")
-        status2, _ = zygote.run(_sweep_task(root, windows))
         assert status2 == {"signal": 0, "code": 0}
         result = json.loads((root / "result.json").read_text())
         identical = _sweep_outputs(root / "out") == expected
