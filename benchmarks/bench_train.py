@@ -10,7 +10,8 @@ vocabulary, AdamW step included, it measures training steps/s of:
 2. bf16 autocast (`TrainConfig.bf16: true`);
 3. `torch.compile` (inductor, default mode), with its compile time reported separately and
    the number of steps after which compiling pays for itself;
-4. batch shapes at a fixed token count per step (B x C = const), fp32.
+4. batch shapes at a fixed token count per step (B x C = const), fp32;
+5. the cost of one step at small batches (B x 64 tokens, B = 32, 8, 4, 2), fp32.
 Not a test: numbers depend on the machine and on whoever else is using it.
 """
 
@@ -106,6 +107,13 @@ def main() -> None:
         print(
             f"  {b:4} x {c:4}: {rate:7.2f} steps/s  {rate / base:5.2f}x  {rate * tokens:9.0f} tok/s"
         )
+    print("\nfixed cost per step: ms/step at context 64, fp32")
+    for size, spec in cfg.sizes.items():
+        cells = []
+        for b in (32, 8, 4, 2):
+            rate, _ = steps_per_s(spec, cfg, vocab, b, 64, n, "fp32")
+            cells.append(f"{b} x 64: {1000 / rate:6.1f} ms ({rate * b * 64:6.0f} tok/s)")
+        print(f"  {size:8} " + "   ".join(cells))
 
 
 if __name__ == "__main__":
