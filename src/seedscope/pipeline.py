@@ -446,33 +446,69 @@ def render_html(notebook: Path, html: Path) -> None:
         tmp.write_text(body)
 
 
+# Untracked files are copied only from these source folders: a checkout where the pipeline
+# has run holds untracked outputs elsewhere (and tracked ones: see `pipeline_outputs`).
+SOURCE_DIRS = ("src", "notebooks", "profiles", "tests", "benchmarks", "docs")
+
+
+def pipeline_outputs(root: Path) -> list[str]:
+    """Every path the pipeline writes (each stage's outs, metrics and plots in `dvc.yaml`,
+    plus `dvc.lock`), relative to `root`: what a copy of the sources must never carry."""
+    spec = yaml.safe_load((root / "dvc.yaml").read_text()) or {}
+    paths = ["dvc.lock"]
+    for stage in (spec.get("stages") or {}).values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in stage.get(kind) or []:
+                paths.append(next(iter(entry)) if isinstance(entry, dict) else str(entry))
+    return sorted({p.rstrip("/") for p in paths})
+
+
+def _is_output(rel: str, outputs: list[str]) -> bool:
+    return any(rel == out or rel.startswith(out + "/") for out in outputs)
+
+
+def source_files(root: Path) -> list[str]:
+    """The project's source files: git-tracked files plus untracked, not-ignored files under
+    `SOURCE_DIRS`, never a pipeline output (whatever state the checkout is in)."""
+    import subprocess
+
+    def git_files(*args: str) -> list[str]:
+        out = subprocess.run(
+            ["git", "ls-files", "-z", *args], cwd=root, capture_output=True, check=True
+        ).stdout.decode()
+        return [rel for rel in out.split("\0") if rel]
+
+    tracked = git_files("-c")
+    untracked = [
+        rel for rel in git_files("-o", "--exclude-standard") if rel.split("/", 1)[0] in SOURCE_DIRS
+    ]
+    outputs = pipeline_outputs(root)
+    return sorted(
+        rel
+        for rel in set(tracked) | set(untracked)
+        if not _is_output(rel, outputs) and (root / rel).is_file()
+    )
+
+
 def scratch_copy(dest: str | os.PathLike[str], profile: str | None = None) -> Path:
-    """Copy the project's source files (git-tracked and untracked-but-not-ignored; no
-    results) to `dest`, optionally with `profiles/<profile>.yaml` as its params.yaml, and
-    make it a git + DVC repo: a place to run the pipeline without touching this one."""
+    """Copy the project's sources (`source_files`: no pipeline outputs) to `dest`, optionally
+    with `profiles/<profile>.yaml` as its params.yaml, record the commit they came from
+    (`SOURCE_RECORD`, read by `seedscope.provenance`), and make it a git + DVC repo: a place
+    to run the pipeline without touching this one."""
+    import json
     import shutil
     import subprocess
 
+    from seedscope.provenance import SOURCE_RECORD, git_commit
+
     root = project_root()
     dest = Path(dest)
-    listed = (
-        subprocess.run(
-            ["git", "ls-files", "-co", "--exclude-standard", "-z"],
-            cwd=root,
-            capture_output=True,
-            check=True,
-        )
-        .stdout.decode()
-        .split("\0")
-    )
-    for rel in filter(None, listed):
-        src = root / rel
-        if src.is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
+    for rel in source_files(root):
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / rel, dest / rel)
     if profile:
         shutil.copyfile(root / "profiles" / f"{profile}.yaml", dest / "params.yaml")
-    for stale in ("dvc.lock",):
-        (dest / stale).unlink(missing_ok=True)
+    record = {"git_commit": git_commit(), "copied_from": "scratch copy"}
+    (dest / SOURCE_RECORD).write_text(json.dumps(record, sort_keys=True) + "\n")
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
     return dest

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
@@ -9,14 +10,19 @@ from typing import Any
 
 from seedscope.paths import project_root
 
+# Written by `seedscope.pipeline.scratch_copy`: the commit a scratch copy's sources came from
+# (the copy is a fresh git repo with no history of its own).
+SOURCE_RECORD = ".seedscope-source.json"
+
 PACKAGES = ("seedscope", "torch", "transformers", "tokenizers", "huggingface_hub", "numpy")
 
 
 @cache
 def git_commit() -> str:
-    """The checkout's commit (with `+dirty` when files differ), or 'unknown' outside git."""
+    """The checkout's commit (with `+dirty` when files differ); in a scratch copy, the commit
+    its sources were copied from; 'unknown' only when neither exists."""
+    root = str(project_root())
     try:
-        root = str(project_root())
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
         ).stdout.strip()
@@ -29,6 +35,14 @@ def git_commit() -> str:
         ).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
+        return _recorded_commit()
+
+
+def _recorded_commit() -> str:
+    record = project_root() / SOURCE_RECORD
+    try:
+        return str(json.loads(record.read_text())["git_commit"])
+    except (OSError, ValueError, KeyError, TypeError):
         return "unknown"
 
 
