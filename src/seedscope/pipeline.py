@@ -119,10 +119,12 @@ def validate_stage(name: str, params: dict[str, Any]) -> dict[str, Any]:
 def _check_steps(section: str, steps: Any, resolved: Any) -> None:
     """Every step a section names ('mid', 'final', 'all' where allowed, or an integer) is
     on the suite's schedule; the error names `section.steps`."""
-    if steps == "all":
+    if steps in ("all", "auto"):
         return
     values = list(steps) if isinstance(steps, list | tuple) else [steps]
-    allowed = ("mid", "final", "all") if section == "token_losses" else ("mid", "final")
+    allowed = (
+        ("mid", "final", "all") if section == "token_losses" else ("first", "mid", "final", "auto")
+    )
     for step in values:
         if isinstance(step, str) and section == "token_losses" and step.isdigit():
             step = int(step)
@@ -351,7 +353,7 @@ def preflight_token_losses(params: dict[str, Any]) -> None:
             raise SeedscopeError(
                 f"{what}, and HF_HUB_OFFLINE is set, so they cannot be downloaded.",
                 "unset HF_HUB_OFFLINE where the hub is reachable, or fetch them first "
-                f"(`huggingface-cli download {first.repo_id} --revision {first.revision}`) "
+                f"(`{ck.download_command(first.repo_id, first.revision)}`) "
                 "into the cache HF_HUB_CACHE points at.",
             )
         problem = ck.hub_unreachable()

@@ -618,17 +618,65 @@ def loss_pca_stage(suite: dict[str, Any], loss_pca: dict[str, Any]):
 # ----------------------------------------------------------------------------- analysis 4
 
 
+AUTO_STEPS = 24  # checkpoints `steps: auto` picks from a suite's schedule
+
+
+def auto_steps(schedule: Any, final: int, mid: int, n: int = AUTO_STEPS) -> list[int]:
+    """A spread of `n` steps of `schedule` up to `final`: the first, `mid` and `final`, and
+    the rest as near as the schedule allows to steps evenly spaced on the log-step axis
+    (where learning curves change): the densest such spread of at most `n` steps. The whole
+    schedule when it holds `n` steps or fewer.
+
+    >>> auto_steps(range(0, 1001, 10), final=1000, mid=500, n=6)
+    [0, 10, 50, 220, 500, 1000]
+    """
+    import numpy as np
+
+    pool = sorted(int(s) for s in schedule if int(s) <= final)
+    if len(pool) <= n:
+        return pool
+    fixed = {pool[0], mid, final}
+    positive = np.asarray([s for s in pool if s > 0], dtype=float)
+    best = sorted(fixed)
+    for k in range(2, 4 * len(pool)):
+        targets = np.log(np.geomspace(positive[0], final, k))
+        near = np.abs(np.log(positive)[:, None] - targets[None, :]).argmin(0)
+        spread = fixed | {int(positive[i]) for i in near}
+        if len(spread) > n:
+            break
+        best = sorted(spread)
+    return best
+
+
 def resolve_steps(resolved: ResolvedSuite, steps: Any) -> list[int]:
-    """'all', or a list of 'mid'/'final'/schedule steps -> sorted schedule steps."""
+    """A stage's `steps` against the suite's own schedule -> sorted schedule steps.
+
+    'all' (every checkpoint), 'auto' (a spread of `AUTO_STEPS` of them, see `auto_steps`),
+    or a list mixing 'first', 'mid', 'final', 'auto' and schedule integers. Steps past
+    the resolved final step are never picked by 'all'/'auto'."""
+    schedule = resolved.suite.steps
     if steps == "all":
-        return list(resolved.suite.steps)
-    values = steps if isinstance(steps, list) else [steps]
-    named = {"mid": resolved.mid_step, "final": resolved.final_step}
-    return sorted({named.get(s, s) if isinstance(s, str) else s for s in values} | set())
+        return [s for s in schedule if s <= resolved.final_step]
+    values = steps if isinstance(steps, list | tuple) else [steps]
+    named = {"first": schedule[0], "mid": resolved.mid_step, "final": resolved.final_step}
+    out: set[int] = set()
+    for value in values:
+        if value == "auto":
+            out.update(auto_steps(schedule, resolved.final_step, resolved.mid_step))
+        elif value == "all":
+            out.update(s for s in schedule if s <= resolved.final_step)
+        elif isinstance(value, str) and value in named:
+            out.add(named[value])
+        elif isinstance(value, str) and value.isdigit():
+            out.add(resolved.suite.check_step(int(value)))
+        else:
+            out.add(resolved.suite.check_step(value))
+    return sorted(out)
 
 
 def behaviours_stage(suite: dict[str, Any], behaviours: dict[str, Any]):
     """Stage `behaviours` (analysis 4): the battery over every run x checkpoint."""
+    import numpy as np
     import torch
     from tqdm.auto import tqdm
 
@@ -984,10 +1032,9 @@ def training_curve(resolved: ResolvedSuite, run: str, steps: list[int]):
     the induction phase change. Returns (steps, loss)."""
     import numpy as np
 
-    run_obj = resolved.suite.run(run)
-    log = pd.read_parquet(
-        results_dir() / "train" / f"{run_obj.repo_id.replace('/', '--')}.loss.parquet"
-    )
+    log = training_log(resolved, run)
+    if log is None:  # a hub suite that publishes no training log (e.g. Pythia)
+        return np.asarray([], dtype=int), np.asarray([], dtype=float)
     out_steps, out_loss = [], []
     previous = 0
     for step in steps:
@@ -1076,7 +1123,8 @@ def induction_stage(suite: dict[str, Any], induction: dict[str, Any]):
         jump = ind.detect_phase_change(steps, ind_values, cfg.n_boot, cfg.seed)
         icl_jump = ind.detect_phase_change(steps, icl_values, cfg.n_boot, cfg.seed)
         curve_steps, loss = training_curve(resolved, run, steps)
-        bump = ind.training_loss_bump(curve_steps, loss)
+        has_log = len(curve_steps) >= 5  # the bump needs a logged loss at >= 5 checkpoints
+        bump = ind.training_loss_bump(curve_steps, loss) if has_log else None
         together = ind.phase_changes_coincide(steps, jump.step, icl_jump.step, bump)
         final = curves[(curves["run"] == run) & (curves["step"] == steps[-1])].iloc[0]
         formed = bool(final["induction"] > 0.3 and final["copy_loss_ratio"] < 0.5)
@@ -1097,6 +1145,7 @@ def induction_stage(suite: dict[str, Any], induction: dict[str, Any]):
                 "bump_end": bump["end"] if bump else np.nan,
                 "coincide_induction_icl": together["induction_icl"],
                 "coincide_induction_bump": together["induction_bump"],
+                "training_log": has_log,
                 "formed": formed,
                 "final_induction": float(final["induction"]),
                 "final_copy_loss_ratio": float(final["copy_loss_ratio"]),
@@ -1246,16 +1295,24 @@ def induction_sentence(changes: pd.DataFrame, comparison: dict[str, Any] | None)
 
 
 def coincidence_sentence(changes: pd.DataFrame) -> str:
+    no_log = changes[~changes["training_log"]]["run"].tolist() if "training_log" in changes else []
+    missing = (
+        f" The suite provides no training log for {', '.join(no_log)} (no trainer_state.json "
+        "log_history with its checkpoints), so the training-loss bump is not estimated there."
+        if no_log
+        else ""
+    )
     formed = changes[changes["formed"]]
     if formed.empty:
-        return "No run formed an induction head, so there is no jump to compare."
+        return "No run formed an induction head, so there is no jump to compare." + missing
     n = len(formed)
     icl = int(formed["coincide_induction_icl"].sum())
-    bump = int(formed["coincide_induction_bump"].sum())
+    with_log = formed[formed["training_log"]] if "training_log" in formed else formed
+    bump = int(with_log["coincide_induction_bump"].sum())
     return (
         f"In {icl}/{n} runs the induction jump and the ICL-score jump fall within one "
-        f"checkpoint of each other; in {bump}/{n} the induction jump lies in the "
-        "training-loss bump window."
+        f"checkpoint of each other; in {bump}/{len(with_log)} runs with a training log the "
+        "induction jump lies in the training-loss bump window." + missing
     )
 
 
@@ -1290,16 +1347,7 @@ def train_stage(suite: dict[str, Any], corpus: dict[str, Any], train: dict[str, 
     stage_config("corpus", corpus)
     cfg = from_section(TrainConfig, train, "train")
     if resolved.suite.local_cache is None:
-        # Hub suites were trained elsewhere: their checkpoints are fetched by token_losses.
-        (results_dir() / "train").mkdir(parents=True, exist_ok=True)
-        mini_hub_cache().mkdir(parents=True, exist_ok=True)
-        metrics = write_metrics(
-            "train",
-            {},
-            details={"note": f"{resolved.suite.name} is a hub suite: not trained"},
-            provenance=stage_provenance("train", resolved, [], cfg),
-        )
-        return {"summary": pd.DataFrame(), "metrics": metrics, "figure": None, "probes": None}
+        return pretrained_train_stage(resolved, cfg)
     log_dir = results_dir() / "train"
     summary = tr.train_suite(resolved.suite, corpus_dir(), mini_hub_cache(), cfg, log_dir)
     train_tokens = np.load(corpus_dir() / "train_tokens.npy", mmap_mode="r")
@@ -1366,6 +1414,119 @@ def train_stage(suite: dict[str, Any], corpus: dict[str, Any], train: dict[str, 
         .pivot_table(index="step", columns="run", values="induction_score")
         .round(3),
     }
+
+
+def training_log_path(resolved: ResolvedSuite, run: str):  # type: ignore[no-untyped-def]
+    """Where stage `train` keeps a run's training loss (`step`, `loss` per logged step)."""
+    repo_id = resolved.suite.run(run).repo_id
+    return results_dir() / "train" / f"{repo_id.replace('/', '--')}.loss.parquet"
+
+
+def training_log(resolved: ResolvedSuite, run: str) -> pd.DataFrame | None:
+    """A run's training loss as stage `train` recorded it (`step`, `loss`): the trainer's log
+    for the mini-suite, the final checkpoint's `trainer_state.json` `log_history` for hub
+    suites that publish one (CRFM); None when the suite provides none (Pythia's logs are
+    published apart from its checkpoints)."""
+    path = training_log_path(resolved, run)
+    if not path.is_file():
+        return None
+    log = pd.read_parquet(path)
+    return log if len(log) else None
+
+
+def pretrained_train_stage(resolved: ResolvedSuite, cfg: Any) -> dict[str, Any]:
+    """Stage `train` for a hub suite: nothing is trained (the runs are pre-trained); each
+    run's training loss is read from its final checkpoint's `trainer_state.json` where the
+    suite publishes one, and written where the mini-suite's trainer writes its log, so that
+    every later stage reads one format."""
+    import shutil
+
+    import numpy as np
+
+    from seedscope.checkpoints import fetch_trainer_state, loss_history
+    from seedscope.io import atomic_path, write_parquet
+    from seedscope.metrics import headline, write_metrics
+    from seedscope.paths import metrics_dir, mini_hub_cache
+    from seedscope.plots import plot_curves, register_figure
+
+    fresh_outputs("train")
+    mini_hub_cache().mkdir(parents=True, exist_ok=True)
+    plot_dir = metrics_dir() / "plots" / "train_loss"
+    shutil.rmtree(plot_dir, ignore_errors=True)
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    curves, missing = [], []
+    for run in resolved.suite.runs:
+        rows = loss_history(fetch_trainer_state(resolved.suite, run, resolved.final_step))
+        log = pd.DataFrame(rows, columns=["step", "loss"])
+        if log.empty:
+            missing.append(run.name)
+        else:
+            write_parquet(training_log_path(resolved, run.name), log)
+            curves.append(log.assign(run=run.name))
+        # one file per run even without a log: dvc.yaml declares the folder as plot data
+        with atomic_path(plot_dir / f"{run.name}.csv") as tmp:
+            log.to_csv(tmp, index=False, float_format="%.5g")
+    found = len(resolved.suite.runs) - len(missing)
+    note = (
+        f"{resolved.suite.name} is a pre-trained hub suite: nothing is trained here; its "
+        f"checkpoints are read from the hub cache. Training loss: read from the final "
+        f"checkpoint's trainer_state.json (log_history) for {found} of "
+        f"{len(resolved.suite.runs)} runs"
+        + (
+            f"; the suite publishes no training log with its checkpoints for "
+            f"{', '.join(missing)}, so analyses that need one (the induction stage's "
+            "training-loss bump) say so."
+            if missing
+            else "."
+        )
+    )
+    heads = {
+        "n_runs_with_training_log": headline(found, "runs whose checkpoints carry a training log")
+    }
+    figure = None
+    if curves:
+        frame = pd.concat(curves, ignore_index=True)
+        labels = run_labels(resolved)
+        figure = register_figure(
+            plot_curves(
+                frame,
+                "step",
+                "loss",
+                labels,
+                resolved.run_names,  # runs without a log keep their colour slot
+                smooth=1,
+                title="Training loss per run (from trainer_state.json)",
+                ylabel="train loss (nats/token)",
+            ),
+            "train",
+            "training_loss",
+            "Training loss of every run, as logged by its trainer",
+            "seedscope.plots.plot_curves",
+            key=True,
+        )
+        sizes = run_sizes(resolved)
+        last = frame.sort_values("step").groupby("run").tail(1)
+        for size in resolved.suite.sizes():
+            part = last[last["run"].map(sizes) == size]["loss"]
+            if len(part):
+                heads[f"final_train_loss_{size}"] = headline(
+                    float(np.mean(part)),
+                    f"last logged training loss, {size} (mean over {len(part)} seeds)",
+                    unit="nats",
+                )
+    summary = pd.DataFrame(
+        [
+            {"run": r.name, "size": r.size, "seed": r.seed, "training_log": r.name not in missing}
+            for r in resolved.suite.runs
+        ]
+    )
+    metrics = write_metrics(
+        "train",
+        heads,
+        details={"note": note, "runs": summary.to_dict("records")},
+        provenance=stage_provenance("train", resolved, [resolved.final_step], cfg),
+    )
+    return {"summary": summary, "metrics": metrics, "figure": figure, "probes": None, "note": note}
 
 
 def checkpoint_probes(resolved: ResolvedSuite) -> pd.DataFrame:
