@@ -243,7 +243,7 @@ def test_scorer_matches_hand_computation():
         bh.ProbeItem("punctuation", "ab", "!", (".",)),
         bh.ProbeItem("memorised", "a", "bxy", ("bxz",)),
     ]
-    out = bh.score_items(model, tok, items, batch_size=2)
+    out = bh.score_items(model, tok, items, batch_size=2, scoring="summed")
     z = math.log(math.exp(2) + math.exp(1) + (v - 2))
     assert out.loc[0, "logp_correct"] == pytest.approx(2 - z, abs=1e-5)
     assert out.loc[0, "logp_best_wrong"] == pytest.approx(1 - z, abs=1e-5)
@@ -257,6 +257,14 @@ def test_scorer_matches_hand_computation():
     assert out.loc[2, "logp_correct"] == pytest.approx(lp_b_a + lp_x_b + 3 - zx, abs=1e-5)
     assert out.loc[2, "margin"] == pytest.approx(3.0, abs=1e-5)
     assert out.loc[2, "n_option_tokens"] == 3
+    # per token: the same sums over 3 tokens
+    assert out.loc[2, "margin_per_token"] == pytest.approx(1.0, abs=1e-5)
+    assert out.loc[2, "logp_options_per_token"][0] == pytest.approx(
+        (lp_b_a + lp_x_b + 3 - zx) / 3, abs=1e-5
+    )
+    # chance: 1/3 with three options, 1/2 with two; score = (correct - chance)/(1 - chance)
+    assert out["chance"].tolist() == pytest.approx([1 / 3, 1 / 2, 1 / 2])
+    assert out["score"].tolist() == pytest.approx([1.0, -1.0, 1.0])
     summ = bh.summarise(out, n_boot=200, seed=0)
     acc = summ.query("behaviour == 'punctuation' and group == 'all' and metric == 'accuracy'")
     assert acc["value"].item() == pytest.approx(0.5)
@@ -288,7 +296,7 @@ def test_batched_scoring_matches_slow_per_option_loop():
     items = bh.planted_probes(GT, 1, seed=9)
     tok = char_tokenizer([it.prompt + o for it in items for o in it.options])
     model = tiny_gpt2(tok.get_vocab_size())
-    out = bh.score_items(model, tok, items, batch_size=5)
+    out = bh.score_items(model, tok, items, batch_size=5, scoring="summed")
     for i, it in enumerate(items):
         p = tok.encode(it.prompt).ids
         slow = []
@@ -301,6 +309,11 @@ def test_batched_scoring_matches_slow_per_option_loop():
         np.testing.assert_allclose(out.loc[i, "logp_options"], slow, rtol=1e-5, atol=1e-5)
         assert out.loc[i, "margin"] == pytest.approx(slow[0] - max(slow[1:]), abs=1e-5)
         assert bool(out.loc[i, "correct"]) == (slow[0] > max(slow[1:]))
+        lengths = [len(tok.encode(o).ids) for o in it.options]
+        per_tok = [lp / n for lp, n in zip(slow, lengths, strict=True)]
+        assert out.loc[i, "option_tokens"] == lengths
+        np.testing.assert_allclose(out.loc[i, "logp_options_per_token"], per_tok, atol=1e-5)
+        assert bool(out.loc[i, "correct_per_token"]) == (per_tok[0] > max(per_tok[1:]))
 
 
 def test_language_mass_and_induction_losses():
@@ -338,12 +351,75 @@ def test_language_mass_and_induction_losses():
             assert out.loc[i, "induction_gain"] == pytest.approx(first - second, abs=1e-5)
     summ = bh.summarise(out, n_boot=100)
     assert set(summ.query("behaviour == 'induction'")["metric"]) == {
+        "score",
         "accuracy",
+        "accuracy_summed",
+        "accuracy_per_token",
         "margin",
         "induction_gain",
         "first_copy_loss",
         "second_copy_loss",
     }
+
+
+# --------------------------------------------------------------------------- summed vs per token
+
+
+def test_summed_and_per_token_scoring_disagree_on_a_hand_built_item():
+    """Correct option ' xy' (3 characters = tokens: -0.3, -1.0, -0.1 nats) vs wrong ' z'
+    (-0.3, -0.9): summed prefers the short wrong option (-1.4 < -1.2), per token the right
+    one (-0.467 > -0.6). The log-probs are set exactly through a fixed logit table."""
+    tok = char_tokenizer(["ab xyz"])
+    vocab = tok.get_vocab()
+    v = len(vocab)
+
+    def row(target_logp: dict[str, float]) -> torch.Tensor:
+        # logits giving exactly these log-probs; the rest share the remaining mass
+        logits = torch.full((v,), 0.0)
+        rest = 1 - sum(math.exp(x) for x in target_logp.values())
+        others = v - len(target_logp)
+        for ch, lp in target_logp.items():
+            logits[vocab[ch]] = lp - math.log(rest / others)
+        return logits
+
+    table = torch.zeros(v, v)
+    table[vocab["b"]] = row({" ": -0.3})  # after the prompt: the space, shared by both options
+    table[vocab[" "]] = row({"x": -1.0, "z": -0.9})
+    table[vocab["x"]] = row({"y": -0.1})
+    model = FixedLogits(table)
+    item = bh.ProbeItem("memorised", "ab", " xy", (" z",))
+    per_token = bh.score_items(model, tok, [item], scoring="per_token")
+    summed = bh.score_items(model, tok, [item], scoring="summed")
+    assert per_token.loc[0, "logp_options"] == pytest.approx([-1.4, -1.2], abs=1e-5)
+    assert per_token.loc[0, "option_tokens"] == [3, 2]
+    assert per_token.loc[0, "logp_options_per_token"] == pytest.approx([-1.4 / 3, -0.6], abs=1e-5)
+    assert bool(per_token.loc[0, "correct"]) is True
+    assert bool(summed.loc[0, "correct"]) is False
+    # both scorings are in both frames; only the headline columns differ
+    for frame in (per_token, summed):
+        assert bool(frame.loc[0, "correct_per_token"]) is True
+        assert bool(frame.loc[0, "correct_summed"]) is False
+    assert per_token.loc[0, "margin"] == pytest.approx(0.6 - 1.4 / 3, abs=1e-5)
+    assert summed.loc[0, "margin"] == pytest.approx(-0.2, abs=1e-5)
+    cmp = bh.scoring_comparison(per_token.assign(run="r", step=0))
+    assert cmp.loc[0, "disagree"] == 1.0
+    assert cmp.loc[0, "accuracy_summed_longest"] == 0.0
+    assert cmp.loc[0, "accuracy_per_token_longest"] == 1.0
+    assert np.isnan(cmp.loc[0, "accuracy_summed_shortest"])
+    text = bh.scoring_sentence(cmp, "per_token")
+    assert "per-token-normalised" in text and "disagree on 100%" in text
+
+
+def test_english_items_share_clusters_by_entity_and_acronym():
+    items = bh.english_probes(400, seed=0, behaviours=["facts", "acronyms", "language"])
+    for behaviour, prefix in (("facts", "entity:"), ("acronyms", "acronym:")):
+        sub = [it for it in items if it.behaviour == behaviour]
+        clusters = [it.cluster for it in sub]
+        assert all(c is not None and c.startswith(prefix) for c in clusters)
+        assert len(set(clusters)) < len(clusters)  # several items per entity / acronym
+    facts = [it for it in items if it.behaviour == "facts"]
+    for it in facts:
+        assert it.cluster == f"entity:{it.meta['entity']}"
 
 
 # --------------------------------------------------------------------------- emergence
@@ -370,60 +446,308 @@ def test_emergence_step_unsorted_and_nan():
     assert bh.emergence_step(steps, vals, 0.5) == 10
 
 
-def make_table():
+def item_frames(
+    p_correct: dict[int, float],
+    runs: list[str],
+    n_items: int,
+    seed: int,
+    n_options: int = 4,
+    behaviour: str = "brackets",
+    cluster_size: int = 1,
+    twins: bool = False,
+) -> pd.DataFrame:
+    """Item-level scores like `score_items` gives, drawn at random: at step s each item is
+    right with probability p_correct[s] (the same items in every run; twins=True gives every
+    run the first run's draws)."""
+    rng = np.random.default_rng(seed)
+    chance = 1 / n_options
+    frames = []
+    draws = {}
+    for run in runs:
+        for step, p in p_correct.items():
+            if twins and step in draws:
+                correct = draws[step]
+            else:
+                correct = rng.random(n_items) < p
+                draws.setdefault(step, correct)
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "run": run,
+                        "step": step,
+                        "item": np.arange(n_items),
+                        "behaviour": behaviour,
+                        "group": "all",
+                        "cluster": [f"c{i // cluster_size}" for i in range(n_items)],
+                        "correct": correct,
+                        "chance": chance,
+                        "score": (correct - chance) / (1 - chance),
+                    }
+                )
+            )
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_chance_normalised_score_is_one_criterion_across_option_counts():
+    """Accuracy 0.75 is half-way from chance with 2 options but two thirds of the way with
+    4: one threshold of 0.6 on the normalised score passes the 4-option behaviour only."""
+    steps = {0: 0.75, 10: 0.75}
+    two = item_frames(steps, ["r"], 400, 0, n_options=2, behaviour="capitalisation")
+    four = item_frames(steps, ["r"], 400, 0, n_options=4, behaviour="brackets")
+    frames = pd.concat([two, four], ignore_index=True)
+    frames["correct"] = np.tile(np.arange(400) % 4 != 0, 4)  # exactly 75% right
+    frames["score"] = (frames["correct"] - frames["chance"]) / (1 - frames["chance"])
+    table = bh.behaviour_table(frames, n_boot=0)
+    score = table.query("metric == 'score' and step == 10").set_index("behaviour")["value"]
+    assert score["capitalisation"] == pytest.approx(0.5)
+    assert score["brackets"] == pytest.approx(2 / 3)
+    acc = table.query("metric == 'accuracy' and step == 10").set_index("behaviour")["value"]
+    assert acc["capitalisation"] == pytest.approx(0.75) == acc["brackets"]
+    table["ci_low"] = table["value"]  # no uncertainty: the point estimate decides
+    em = bh.emergence_table(table, 0.6).set_index("behaviour")
+    assert em.loc["brackets", "emergence_step"] == 0
+    assert np.isnan(em.loc["capitalisation", "emergence_step"])
+
+
+def test_emergence_needs_the_ci_lower_bound_to_stay_above():
+    """A planted curve: chance until step 30, a dip back to chance at 50, 0.95 from 60 on;
+    emergence (CI lower bound of the score >= 0.6, staying) is 60. A run of 12 items at a
+    true score of 0.6 has point estimates above 0.6 by noise but a wide CI: no emergence."""
+    steps = [0, 10, 20, 30, 40, 50, 60, 70, 80]
+    p = {s: 0.25 if s < 30 or s == 50 else 0.95 for s in steps}
+    planted = item_frames(p, ["planted"], 200, 0)
+    noisy = item_frames({s: 0.7 for s in steps}, ["noisy"], 12, 1)
+    table = bh.behaviour_table(pd.concat([planted, noisy]), n_boot=400, seed=0)
+    em = bh.emergence_table(table, 0.6).set_index("run")
+    assert em.loc["planted", "emergence_step"] == 60
+    assert em.loc["planted", "emerged"]
+    assert np.isnan(em.loc["noisy", "emergence_step"]) and not em.loc["noisy", "emerged"]
+    assert em.loc["noisy", "last_step"] == 80
+    noisy_scores = table.query("run == 'noisy' and metric == 'score'")
+    assert (noisy_scores["value"] >= 0.6).any()  # the point estimate does cross by noise
+    assert (noisy_scores["ci_low"] < 0.6).all()
+
+
+def test_ci_emergence_is_not_early_on_noisy_curves_but_the_point_rule_is():
+    """Monte Carlo on noisy curves whose point estimates cross and dip by chance: truth at a score of 0.55 (below 0.6) until step
+    40, then 0.9. Over 100 simulated runs of 40 items, the CI rule declares emergence before
+    step 40 in at most 5%; the point-estimate rule does so far more often."""
+    steps = np.array([0, 10, 20, 30, 40, 50, 60, 70])
+    true_acc = np.where(steps < 40, 0.25 + 0.75 * 0.55, 0.25 + 0.75 * 0.9)
+    rng = np.random.default_rng(5)
+    early_ci = early_point = found_ci = 0
+    n_sims, n_items = 100, 40
+    for _ in range(n_sims):
+        lows, points = [], []
+        for p in true_acc:
+            correct = rng.random(n_items) < p
+            score = (correct - 0.25) / 0.75
+            res = bh.cluster_bootstrap_mean(score, np.arange(n_items), n_boot=300, seed=0)
+            lows.append(float(res.low))
+            points.append(float(res.estimate))
+        ci_step = bh.emergence_step(steps, lows, 0.6)
+        point_step = bh.emergence_step(steps, points, 0.6)
+        early_ci += ci_step is not None and ci_step < 40
+        early_point += point_step is not None and point_step < 40
+        found_ci += ci_step is not None
+    assert early_ci / n_sims <= 0.05
+    assert early_point / n_sims >= 0.2
+    assert found_ci / n_sims >= 0.6  # the real emergence is still found in most runs
+
+
+def test_cluster_bootstrap_resamples_clusters_not_items():
+    """Each item repeated 4 times in one cluster: the cluster CI equals the CI of the unique
+    items (the copies add no information); treating copies as independent narrows it ~2x."""
+    rng = np.random.default_rng(0)
+    base = (rng.random(100) < 0.6).astype(float)
+    values = np.repeat(base, 4)
+    clusters = np.repeat(np.arange(100), 4)
+    clustered = bh.cluster_bootstrap_mean(values, clusters, n_boot=2000, seed=3)
+    unique = bh.cluster_bootstrap_mean(base, np.arange(100), n_boot=2000, seed=3)
+    naive = bh.cluster_bootstrap_mean(values, np.arange(400), n_boot=2000, seed=3)
+    assert clustered.as_tuple() == pytest.approx(unique.as_tuple())
+    width = clustered.high - clustered.low
+    assert (naive.high - naive.low) / width == pytest.approx(0.5, abs=0.1)
+
+
+# --------------------------------------------------------------------------- censoring
+
+
+def test_km_median_known_answers():
+    # uncensored: the ordinary median (odd and even n)
+    assert bh.km_median([300, 100, 200], [True] * 3) == 200
+    assert bh.km_median([100, 200, 300, 400], [True] * 4) == 250
+    # censored at 200 and 400 (never emerged by then): S(100) = 4/5, S(300) = 4/5 * 2/3 =
+    # 0.533, S(500) = 0 -> median 500 (the emerged-only median would say 300)
+    times = [100, 200, 300, 400, 500]
+    observed = [True, False, True, False, True]
+    assert bh.km_median(times, observed) == 500
+    assert np.median(np.array(times)[np.array(observed)]) == 300
+    # fewer than half emerge: not reached
+    assert np.isnan(bh.km_median([100, 800, 800], [True, False, False]))
+    assert np.isnan(bh.km_median([800, 800], [False, False]))
+
+
+def test_emergence_summary_counts_censored_runs_per_size():
+    emergence = pd.DataFrame(
+        {
+            "behaviour": "facts",
+            "run": [f"s{i}" for i in range(5)] + ["m0", "m1"],
+            "size": ["small"] * 5 + ["medium"] * 2,
+            "emergence_step": [100, np.nan, 300, np.nan, 500, 100, 100],
+            "last_step": 600,
+        }
+    )
+    out = bh.emergence_summary(emergence).set_index("size")
+    assert set(out.index) == {"small", "medium"}  # sizes never pooled
+    small = out.loc["small"]
+    assert small["emerged"] == "3/5 runs" and small["n_runs"] == 5
+    # censored at 600 (after every event): KM = ordinary median over 5 with 2 at +inf
+    assert small["km_median"] == 500
+    assert small["range"] == 400 and small["min"] == 100
+    assert small["mean"] == pytest.approx(300)
+    import scipy.stats
+
+    half = scipy.stats.t.ppf(0.975, 2) * 200 / np.sqrt(3)
+    assert small["t_low"] == pytest.approx(300 - half)
+    medium = out.loc["medium"]
+    assert medium["emerged"] == "2/2 runs" and medium["km_median"] == 100
+    assert medium["sd"] == 0 and medium["t_low"] == medium["t_high"] == 100
+    text = bh.emergence_sentence(out.reset_index(), 0.6)
+    assert "facts 3/5 runs (median step 500)" in text and "0.6" in text
+
+
+# --------------------------------------------------------------------------- final scores
+
+
+def _loop_multi_bootstrap(matrix, clusters, n_boot, seed):
+    """Independent slow version: the same draws (runs first, then clusters), plain loops."""
+    rng = np.random.default_rng(seed)
+    labels = sorted(set(clusters))
+    n_runs = matrix.shape[0]
+    picks = rng.integers(0, n_runs, size=(n_boot, n_runs))
+    draws = rng.integers(0, len(labels), size=(n_boot, len(labels)))
+    means = []
+    for b in range(n_boot):
+        cols = [j for k in draws[b] for j, c in enumerate(clusters) if c == labels[k]]
+        means.append(np.mean([matrix[r, cols].mean() for r in picks[b]]))
+    return np.array(means)
+
+
+def test_multi_bootstrap_items_matches_a_loop_and_is_zero_spread_for_twins():
+    rng = np.random.default_rng(1)
+    matrix = (rng.random((5, 30)) < np.linspace(0.3, 0.9, 5)[:, None]).astype(float)
+    clusters = [f"e{i // 3}" for i in range(30)]
+    res = bh.multi_bootstrap_items(matrix, clusters, n_boot=200, seed=4)
+    np.testing.assert_allclose(res["mean_reps"], _loop_multi_bootstrap(matrix, clusters, 200, 4))
+    assert res["estimate"] == pytest.approx(matrix.mean())
+    assert res["seed_sd"] == pytest.approx(matrix.mean(axis=1).std(ddof=1))
+    twins = np.repeat(matrix[:1], 4, axis=0)
+    res_twins = bh.multi_bootstrap_items(twins, clusters, n_boot=200, seed=4)
+    assert res_twins["seed_sd"] == 0 and np.all(res_twins["sd_reps"] == 0)
+
+
+def test_final_scores_per_size_with_seed_and_item_uncertainty():
+    """small runs all right, medium runs at chance: per size 1 and ~0, never pooled to 0.5;
+    medium seeds differ (p = 0.25 vs 0.6), so its CI is wider than the items-only one."""
+    small = item_frames({100: 1.0}, ["s0", "s1", "s2"], 60, 0)
+    med_a = item_frames({100: 0.25}, ["m0", "m1"], 60, 1)
+    med_b = item_frames({100: 0.6}, ["m2"], 60, 2)
+    scores = pd.concat([small, med_a, med_b], ignore_index=True)
+    sizes = {"s0": "small", "s1": "small", "s2": "small", "m0": "medium", "m1": "medium",
+             "m2": "medium"}  # fmt: skip
+    final, summary = bh.final_scores(scores, 100, sizes, n_boot=500, seed=0)
+    final = final.set_index("size")
+    assert final.loc["small", "value"] == 1.0
+    assert final.loc["small", "ci_low"] == final.loc["small", "ci_high"] == 1.0
+    assert final.loc["small", "seed_sd"] == 0
+    run_means = scores.query("run in ['m0', 'm1', 'm2']").groupby("run")["score"].mean()
+    assert final.loc["medium", "value"] == pytest.approx(run_means.mean())
+    assert final.loc["medium", "run_min"] == pytest.approx(run_means.min())
+    assert final.loc["medium", "seed_sd"] == pytest.approx(run_means.std(ddof=1))
+    assert final.loc["medium", "ci_low"] < run_means.mean() < final.loc["medium", "ci_high"]
+    # seeds resampled: the CI is wider than resampling the items of the pooled runs only
+    pooled = scores.query("run in ['m0', 'm1', 'm2']")
+    items_only = bh.cluster_bootstrap_mean(pooled["score"], pooled["cluster"], 500, 0)
+    assert (final.loc["medium", "ci_high"] - final.loc["medium", "ci_low"]) > 1.5 * (
+        items_only.high - items_only.low
+    )
+    assert summary["seed_sd"] == pytest.approx(final["seed_sd"].mean())
+    assert summary["n_cells"] == 2
+    assert "small" in bh.final_sentence(final.reset_index(), summary)
+
+
+# --------------------------------------------------------------------------- null: twin runs
+
+
+def test_identical_twin_runs_give_identical_emergence_and_zero_spread():
+    """Each size has two runs with byte-identical item scores: identical emergence steps,
+    zero seed spread everywhere, no inf/NaN in the spread tables."""
     from seedscope.suites import get_suite
 
     suite = get_suite("mini")
-    runs = [r.name for r in suite.runs[:3]] + [r.name for r in suite.runs[5:7]]
-    steps = [0, 100, 200, 300, 400]
-    cross = {runs[0]: 100, runs[1]: 200, runs[2]: 300, runs[3]: 100, runs[4]: None}
+    small = [r.name for r in suite.runs if r.size == "small"][:2]
+    medium = [r.name for r in suite.runs if r.size == "medium"][:2]
+    steps = {0: 0.25, 100: 0.5, 200: 0.9, 300: 0.95}
+    frames = pd.concat(
+        [
+            item_frames(steps, small, 80, 0, twins=True, cluster_size=2),
+            item_frames(steps, medium, 80, 1, twins=True, cluster_size=2),
+            item_frames(steps, small, 80, 2, twins=True, behaviour="facts"),
+            item_frames(steps, medium, 80, 3, twins=True, behaviour="facts"),
+        ],
+        ignore_index=True,
+    )
+    table = bh.behaviour_table(frames, suite=suite, n_boot=200, seed=0)
+    em = bh.emergence_table(table, 0.6)
+    for _, part in em.groupby(["behaviour", "size"]):
+        assert part["emergence_step"].nunique() == 1 and part["emerged"].all()
+    summary = bh.emergence_summary(em)
+    assert (summary["sd"] == 0).all() and (summary["range"] == 0).all()
+    mid_final = bh.seed_spread_mid_vs_final(table, mid_step=100, final_step=300)
+    numeric = mid_final.select_dtypes("number")
+    assert np.isfinite(numeric.to_numpy()).all()
+    assert (mid_final[["sd_mid", "sd_final", "sd_change", "range_mid"]] == 0).all().all()
+    sizes = {r.name: r.size for r in suite.runs}
+    final, summ = bh.final_scores(frames, 300, sizes, n_boot=200, seed=0)
+    assert (final["seed_sd"] == 0).all() and summ["seed_sd"] == 0
+    assert summ["ci_low"] == summ["ci_high"] == 0
+    assert np.isfinite(final.select_dtypes("number").to_numpy()).all()
+
+
+def test_seed_spread_mid_vs_final_within_size():
+    """Planted: small seeds spread at mid (0.9, 0.9, 0.2), agree at the end; medium ones
+    agree throughout. Sizes are never pooled (a size gap is not seed spread)."""
     rows = []
-    rng = np.random.default_rng(0)
-    for run in runs:
-        for s in steps:
-            c = cross[run]
-            v = 0.9 if c is not None and s >= c else 0.2
-            for behaviour, val in (("brackets", v), ("facts", 0.5 + 0.1 * rng.random())):
-                for metric in ("accuracy", "margin"):
-                    rows.append((behaviour, run, s, "all", metric, val, val - 0.1, val + 0.1, 50))
+    values = {"a": (0.9, 0.9), "b": (0.9, 0.9), "c": (0.2, 0.9), "d": (0.1, 0.1), "e": (0.1, 0.1)}
+    sizes = {"a": "small", "b": "small", "c": "small", "d": "medium", "e": "medium"}
+    for run, (mid, end) in values.items():
+        for step, v in ((200, mid), (400, end)):
+            rows.append(("brackets", run, step, "all", "score", v, v - 0.1, v + 0.1, 50))
     table = pd.DataFrame(
         rows,
         columns=["behaviour", "run", "step", "group", "metric", "value", "ci_low", "ci_high", "n"],
-    )
-    info = pd.DataFrame(
-        [(r.name, r.seed, r.size, r.label) for r in suite.runs],
-        columns=["run", "seed", "size", "label"],
-    )
-    return table.merge(info, on="run"), cross
+    ).assign(size=lambda f: f["run"].map(sizes))
+    out = bh.seed_spread_mid_vs_final(table, mid_step=210, final_step=390).set_index("size")
+    assert out.loc["small", "sd_mid"] == pytest.approx(np.std([0.9, 0.9, 0.2], ddof=1))
+    assert out.loc["small", "sd_final"] == 0
+    assert out.loc["small", "sd_change"] == pytest.approx(-out.loc["small", "sd_mid"])
+    assert out.loc["small", "step_mid"] == 200 and out.loc["small", "step_final"] == 400
+    assert out.loc["medium", "sd_mid"] == 0 and out.loc["medium", "sd_change"] == 0
+    assert "sd_ratio" not in out.columns
 
 
-def test_emergence_table_and_spread():
-    table, cross = make_table()
-    em = bh.emergence_table(table, {"brackets": 0.5})
-    got = dict(zip(em["run"], em["emergence_step"], strict=True))
-    for run, c in cross.items():
-        assert np.isnan(got[run]) if c is None else got[run] == c, run
-    spread = bh.emergence_spread(em, n_boot=200, seed=0).set_index("size")
-    small = spread.loc["small"]
-    assert small["mean"] == pytest.approx(200.0)
-    assert small["sd"] == pytest.approx(100.0)
-    assert small["range"] == pytest.approx(200.0)
-    assert small["ci_low"] <= 200.0 <= small["ci_high"]
-    assert spread.loc["medium", "n_emerged"] == 1 and spread.loc["medium", "n_runs"] == 2
-    assert spread.loc["all", "n_runs"] == 5
-    with pytest.raises(SeedscopeError):
-        bh.emergence_table(table, {"bracketz": 0.5})
+def test_behaviours_params_validate_threshold_and_scoring():
+    from seedscope.config import from_section
+    from seedscope.stage_params import BehavioursParams
 
-
-def test_seed_spread_mid_vs_final():
-    table, _ = make_table()
-    out = bh.seed_spread_mid_vs_final(table, mid_step=200, final_step=400)
-    row = out.query("behaviour == 'brackets' and size == 'small'").iloc[0]
-    # at 200 the small runs are 0.9, 0.9, 0.2; at 400 all 0.9
-    assert row["sd_mid"] == pytest.approx(np.std([0.9, 0.9, 0.2], ddof=1))
-    assert row["sd_final"] == pytest.approx(0.0)
-    assert row["range_mid"] == pytest.approx(0.7)
-    assert out["sd_mid"].is_monotonic_decreasing
+    assert from_section(BehavioursParams, {}, "behaviours").score_threshold == 0.6
+    with pytest.raises(SeedscopeError, match="score_threshold must be in"):
+        from_section(BehavioursParams, {"score_threshold": 1.2}, "behaviours")
+    with pytest.raises(SeedscopeError, match="score_threshold"):
+        from_section(BehavioursParams, {"threshold": 0.8}, "behaviours")
+    with pytest.raises(SeedscopeError, match="scoring must be 'per_token' or 'summed'"):
+        from_section(BehavioursParams, {"scoring": "mean"}, "behaviours")
 
 
 def test_behaviour_table_and_figures():
@@ -440,17 +764,25 @@ def test_behaviour_table_and_figures():
     t = bh.behaviour_table(scores, suite=get_suite("mini"), n_boot=50)
     acc = t.query("metric == 'accuracy'").set_index("step")["value"]
     assert acc.loc[0] == pytest.approx(1 / 3) and acc.loc[10] == pytest.approx(2 / 3)
+    score = t.query("metric == 'score'").set_index("step")["value"]
+    assert score.loc[0] == pytest.approx(-1 / 3) and score.loc[10] == pytest.approx(1 / 3)
     margin = t.query("metric == 'margin'").set_index("step")["value"]
     assert margin.loc[0] == pytest.approx(-1 / 3) and margin.loc[10] == pytest.approx(1 / 3)
     assert set(t["seed"]) == {21}
-    big, _ = make_table()
-    fig = bh.plot_behaviour_heatmap(big, "brackets")
+    suite = get_suite("mini")
+    runs = [r.name for r in suite.runs[:2]] + [r.name for r in suite.runs[5:7]]
+    frames = item_frames({0: 0.25, 100: 0.9, 200: 0.95}, runs[:3], 40, 0)
+    frames = pd.concat([frames, item_frames({0: 0.25, 100: 0.3, 200: 0.3}, runs[3:], 40, 1)])
+    big = bh.behaviour_table(frames, suite=suite, n_boot=100)
+    fig = bh.plot_behaviour_heatmap(big, "brackets", "score")
     assert "brackets" in fig.axes[0].get_title()
-    assert "(seed 21)" in fig.axes[0].get_yticklabels()[0].get_text()
-    em = bh.emergence_table(big, {"brackets": 0.5, "facts": 0.55})
+    assert "(seed " in fig.axes[0].get_yticklabels()[0].get_text()
+    em = bh.emergence_table(big, 0.6)
+    assert em["emerged"].sum() == 3
     fig2 = bh.plot_emergence(em)
     assert fig2.axes[0].get_xlabel().startswith("emergence step")
-    fig3 = bh.plot_size_comparison(big)
+    assert "1 run x behaviour pairs censored" in fig2.axes[0].get_title()
+    fig3 = bh.plot_size_comparison(big, "score")
     assert fig3.axes[0].get_title() == "brackets"
     import matplotlib.pyplot as plt
 

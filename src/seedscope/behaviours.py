@@ -61,6 +61,13 @@ class ProbeItem:
         """Correct option first, then the alternatives."""
         return (self.correct, *self.alternatives)
 
+    @property
+    def cluster(self) -> str | None:
+        """Items sharing a cluster are not independent (one entity's phrasings, one acronym's
+        letters, one sentence's prefixes): CIs resample clusters, not items. None = alone."""
+        value = self.meta.get("cluster")
+        return None if value is None else str(value)
+
 
 def check_behaviours(names: Iterable[str] | str | None) -> list[str]:
     """Validate behaviour names (None or 'all' -> all nine, in the fixed order)."""
@@ -190,7 +197,16 @@ def _capitalisation(rng, sentences, marks, starters, n, group_by_mark=True) -> l
         if cap == low:
             continue
         group = f"after {mark}" if group_by_mark else "all"
-        items.append(ProbeItem("capitalisation", sent + mark, " " + cap, (" " + low,), group))
+        items.append(
+            ProbeItem(
+                "capitalisation",
+                sent + mark,
+                " " + cap,
+                (" " + low,),
+                group,
+                meta={"cluster": f"sentence:{sent}"},
+            )
+        )
     return items
 
 
@@ -220,7 +236,11 @@ def _fact_items(facts: Sequence[Mapping[str, Any]], rng: np.random.Generator) ->
                         sep + attr,
                         tuple(sep + a for a in alts),
                         group=group,
-                        meta={"entity": f["entity"], "template": template},
+                        meta={
+                            "entity": f["entity"],
+                            "template": template,
+                            "cluster": f"entity:{f['entity']}",
+                        },
                     )
                 )
     return items
@@ -282,7 +302,16 @@ def _acronym_items(pairs, rng, letter_pool: str) -> list[ProbeItem]:
             if len(wrong) < 3:
                 wrong += _pick(rng, list(letter_pool), 3 - len(wrong), exclude={nxt, *wrong})
             alts = tuple(f"{acr[:k]}{w}{acr[k + 1 :]})" for w in wrong)
-            items.append(ProbeItem("acronyms", f"{name} (", f"{acr})", alts, f"letter{k + 1}"))
+            items.append(
+                ProbeItem(
+                    "acronyms",
+                    f"{name} (",
+                    f"{acr})",
+                    alts,
+                    f"letter{k + 1}",
+                    meta={"cluster": f"acronym:{name}"},
+                )
+            )
     return items
 
 
@@ -556,7 +585,15 @@ def _english_language_pool(data, rng) -> list[ProbeItem]:
                     for w in _pick(rng, excl[o], 1, exclude={ans, ans.lower()})
                 ]
                 pool.append(
-                    ProbeItem("language", " ".join(words[:j]), " " + ans, tuple(alts), lang, lang)
+                    ProbeItem(
+                        "language",
+                        " ".join(words[:j]),
+                        " " + ans,
+                        tuple(alts),
+                        lang,
+                        lang,
+                        meta={"cluster": f"sentence:{sent}"},
+                    )
                 )
     return pool
 
@@ -663,6 +700,19 @@ def _forward_logits(model: Any, ids: torch.Tensor, mask: torch.Tensor) -> torch.
     return logits.float()
 
 
+SCORINGS: tuple[str, ...] = ("per_token", "summed")
+
+
+def check_scoring(scoring: str) -> str:
+    """Validate a scoring name: 'per_token' (mean log-prob per option token) or 'summed'."""
+    if scoring not in SCORINGS:
+        raise SeedscopeError(
+            f"Unknown scoring {scoring!r}.{closest(str(scoring), SCORINGS)}",
+            f"use one of: {', '.join(SCORINGS)}.",
+        )
+    return scoring
+
+
 def score_items(
     model: Any,
     tokenizer: Any,
@@ -670,23 +720,33 @@ def score_items(
     batch_size: int = 16,
     device: str = "cpu",
     language_map: Mapping[str, np.ndarray] | None = None,
+    scoring: str = "per_token",
 ) -> pd.DataFrame:
     """Score every option of every item by the model's log-prob; one row per item.
 
-    Each option is scored as `sum_t log p(option token t | prompt, option tokens < t)`, the
-    prompt and option encoded separately and concatenated (ids `[n_prompt + n_option]`);
-    the logits at position i predict token i + 1 (next-token off-by-one). All
-    (item, option) sequences are batched, padded right with an attention mask.
+    Each option gets two scores: summed, `sum_t log p(option token t | prompt, option tokens
+    < t)`, and per-token, that sum over the option's token count. The summed score favours
+    short options (every extra token costs log-prob), so options of unequal token length are
+    compared fairly only per token; `scoring` picks which one fills `correct`/`margin` (the
+    headline), both are kept. The prompt and option are encoded separately and concatenated
+    (ids `[n_prompt + n_option]`); the logits at position i predict token i + 1 (next-token
+    off-by-one). All (item, option) sequences are batched, padded right with a mask.
 
-    Columns: item, behaviour, group, language, prompt, correct_option, logp_options (list,
-    correct first), logp_correct, logp_best_wrong, margin (= logp_correct -
-    logp_best_wrong), correct (strictly better than every alternative), n_option_tokens;
+    Columns: item, behaviour, group, cluster (items that share one are resampled together;
+    'item<i>' when alone), language, prompt, correct_option, n_options, chance (= 1 /
+    n_options), option_tokens (token count per option, correct first), logp_options (summed,
+    list, correct first), logp_options_per_token; per scoring s in (summed, per_token):
+    correct_s (strictly better than every alternative), margin_s (correct minus best wrong);
+    `correct`, `margin`, logp_correct, logp_best_wrong (of the headline `scoring`), score
+    (chance-normalised correctness, (correct - chance) / (1 - chance): 0 = guessing, 1 =
+    right; its item mean is the chance-normalised accuracy), n_option_tokens (correct option);
     `lang_mass` / `lang_share` (language items with a `language_map`: probability of the
     next token being one of the prompt language's tokens / that mass over all languages'
     tokens); `first_copy_loss`, `second_copy_loss`, `induction_gain` (induction items: mean
     NLL in nats over the first copy's tokens 1.. and over the second copy's tokens after
     its first, answer included; gain = first - second).
     """
+    check_scoring(scoring)
     rows = []  # (item index, option index, ids, n_prompt)
     n_first: dict[int, int] = {}
     for i, item in enumerate(items):
@@ -715,7 +775,7 @@ def score_items(
         )
 
     logp = np.full((len(items), max((len(it.options) for it in items), default=0)), np.nan)
-    n_opt_tokens = np.zeros(len(items), dtype=np.int64)
+    opt_tokens = np.zeros(logp.shape, dtype=np.int64)
     lang_mass = np.full(len(items), np.nan)
     lang_share = np.full(len(items), np.nan)
     first_loss = np.full(len(items), np.nan)
@@ -743,9 +803,9 @@ def score_items(
             for b, (i, j, seq, n_p) in enumerate(batch):
                 lp = tok_lp[b, : len(seq) - 1].double().numpy()
                 logp[i, j] = lp[n_p - 1 :].sum()
+                opt_tokens[i, j] = len(seq) - n_p
                 if j != 0:
                     continue
-                n_opt_tokens[i] = len(seq) - n_p
                 item = items[i]
                 if lang_ids is not None and item.language in lang_ids:
                     probs = torch.softmax(logits[b, n_p - 1].double(), dim=-1)
@@ -757,22 +817,42 @@ def score_items(
                     nf = n_first[i]
                     first_loss[i] = -lp[: nf - 1].mean()  # predicts tokens 1 .. nf-1
                     second_loss[i] = -lp[nf:].mean()  # predicts tokens nf+1 .. end
-    wrong = np.where(np.isnan(logp[:, 1:]), -np.inf, logp[:, 1:])
-    best_wrong = wrong.max(axis=1) if len(items) else np.zeros(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_token = logp / opt_tokens
+    by_scoring = {"summed": logp, "per_token": per_token}
+    judged = {}
+    for name, lp_opt in by_scoring.items():
+        wrong = np.where(np.isnan(lp_opt[:, 1:]), -np.inf, lp_opt[:, 1:])
+        best = wrong.max(axis=1) if len(items) else np.zeros(0)
+        right = lp_opt[:, 0] if len(items) else np.zeros(0)
+        judged[name] = (right, best, right - best, right > best)
+    right, best_wrong, margin, correct = judged[scoring]
+    n_options = np.array([len(it.options) for it in items], dtype=np.int64)
+    chance = 1.0 / n_options if len(items) else np.zeros(0)
     frame = pd.DataFrame(
         {
             "item": np.arange(len(items)),
             "behaviour": [it.behaviour for it in items],
             "group": [it.group for it in items],
+            "cluster": [it.cluster or f"item{i}" for i, it in enumerate(items)],
             "language": [it.language for it in items],
             "prompt": [it.prompt for it in items],
             "correct_option": [it.correct for it in items],
+            "n_options": n_options,
+            "chance": chance,
+            "option_tokens": [list(row[row > 0]) for row in opt_tokens],
             "logp_options": [list(row[~np.isnan(row)]) for row in logp],
-            "logp_correct": logp[:, 0] if len(items) else np.zeros(0),
+            "logp_options_per_token": [list(row[~np.isnan(row)]) for row in per_token],
+            "correct_summed": judged["summed"][3],
+            "margin_summed": judged["summed"][2],
+            "correct_per_token": judged["per_token"][3],
+            "margin_per_token": judged["per_token"][2],
+            "logp_correct": right,
             "logp_best_wrong": best_wrong,
-            "margin": (logp[:, 0] - best_wrong) if len(items) else np.zeros(0),
-            "correct": (logp[:, 0] > best_wrong) if len(items) else np.zeros(0, dtype=bool),
-            "n_option_tokens": n_opt_tokens,
+            "margin": margin,
+            "correct": correct,
+            "score": (correct - chance) / (1.0 - chance),
+            "n_option_tokens": opt_tokens[:, 0] if len(items) else np.zeros(0, dtype=np.int64),
             "lang_mass": lang_mass,
             "lang_share": lang_share,
             "first_copy_loss": first_loss,
@@ -783,35 +863,74 @@ def score_items(
     return frame
 
 
+# metric name -> item-score column (metrics not listed are their own column)
+METRIC_COLUMNS: dict[str, str] = {
+    "accuracy": "correct",
+    "accuracy_summed": "correct_summed",
+    "accuracy_per_token": "correct_per_token",
+}
+
+
 def metrics_for(behaviour: str) -> tuple[str, ...]:
-    """Metrics reported for a behaviour: accuracy, margin, plus its own."""
-    return ("accuracy", "margin", *EXTRA_METRICS.get(behaviour, ()))
+    """Metrics reported for a behaviour: score (chance-normalised accuracy, the one the
+    emergence threshold applies to), accuracy and margin (headline scoring), accuracy under
+    each scoring, plus its own."""
+    return (
+        "score", "accuracy", "margin", "accuracy_summed", "accuracy_per_token",
+        *EXTRA_METRICS.get(behaviour, ()),
+    )  # fmt: skip
+
+
+def _cluster_ids(frame: pd.DataFrame) -> np.ndarray:
+    """Integer cluster id per row (each row its own cluster when there is no `cluster`)."""
+    if "cluster" not in frame.columns:
+        return np.arange(len(frame))
+    return pd.factorize(frame["cluster"].astype(str), sort=True)[0]
+
+
+def cluster_bootstrap_mean(
+    values: np.ndarray, clusters: np.ndarray, n_boot: int, seed: int, ci: float = 0.95
+):
+    """Mean of finite `values` with a percentile CI that resamples whole clusters (items
+    sharing an entity/acronym/sentence move together): `stats.window_bootstrap` with one
+    window per cluster. A single cluster gives NaN bounds."""
+    from seedscope.stats import ratio_statistic, window_bootstrap
+
+    values = np.asarray(values, dtype=np.float64)
+    keep = np.isfinite(values)
+    ids = np.unique(np.asarray(clusters)[keep], return_inverse=True)[1]
+    n_clusters = int(ids.max()) + 1 if ids.size else 0
+    per_cluster = np.zeros((max(n_clusters, 1), 2))
+    np.add.at(per_cluster[:, 0], ids, values[keep])
+    np.add.at(per_cluster[:, 1], ids, 1.0)
+    return window_bootstrap(per_cluster, ratio_statistic, n_boot if n_clusters > 1 else 0, seed, ci)
 
 
 def summarise(
     scores: pd.DataFrame, n_boot: int = 1000, seed: int = 0, ci: float = 0.95
 ) -> pd.DataFrame:
-    """Behaviour x group x metric: value (item mean), ci_low, ci_high (item-bootstrap
-    percentile CI), n (items). Group 'all' pools a behaviour's groups. accuracy is the
-    fraction of items whose correct option wins; margin is in nats."""
-    from seedscope.stats import bootstrap_mean
-
+    """Behaviour x group x metric: value (item mean), ci_low, ci_high (percentile CI from
+    resampling item clusters, `cluster_bootstrap_mean`), n (items). Group 'all' pools a
+    behaviour's groups. score is the chance-normalised accuracy, accuracy the fraction of
+    items whose correct option wins; margin is in nats."""
     out = []
     for behaviour, frame in scores.groupby("behaviour", sort=False):
         parts = [("all", frame)]
         if frame["group"].nunique() > 1 or frame["group"].iloc[0] != "all":
             parts += list(frame.groupby("group", sort=True))
         for group, part in parts:
+            clusters = _cluster_ids(part)
             for metric in metrics_for(str(behaviour)):
-                col = "correct" if metric == "accuracy" else metric
-                vals = part[col].to_numpy(dtype=np.float64)
-                vals = vals[np.isfinite(vals)]
-                if vals.size == 0:
+                col = METRIC_COLUMNS.get(metric, metric)
+                if col not in part.columns:
                     continue
-                res = bootstrap_mean(vals[:, None], n_boot=n_boot if vals.size > 1 else 0,
-                                     seed=seed, ci=ci)  # fmt: skip
+                vals = part[col].to_numpy(dtype=np.float64)
+                n = int(np.isfinite(vals).sum())
+                if n == 0:
+                    continue
+                res = cluster_bootstrap_mean(vals, clusters, n_boot, seed, ci)
                 est, low, high = res.as_tuple()
-                out.append((behaviour, str(group), metric, est, low, high, int(vals.size)))
+                out.append((behaviour, str(group), metric, est, low, high, n))
     cols = ["behaviour", "group", "metric", "value", "ci_low", "ci_high", "n"]
     return pd.DataFrame(out, columns=cols)
 
@@ -862,9 +981,10 @@ def behaviour_table(
 def emergence_step(
     steps: Sequence[int] | np.ndarray, values: Sequence[float] | np.ndarray, threshold: float
 ) -> int | None:
-    """The first checkpoint from which the metric is >= threshold at every later checkpoint
+    """The first checkpoint from which `values` is >= threshold at every later checkpoint
     (a curve that dips back below restarts the search), or None if the last checkpoint is
-    below. NaN values (missing checkpoints) are skipped."""
+    below. NaN values (missing checkpoints) are skipped. Pass a CI's lower bound as `values`
+    to ask for emergence beyond the data's uncertainty (`emergence_table` does)."""
     steps = np.asarray(steps)
     values = np.asarray(values, dtype=np.float64)
     if steps.shape != values.shape:
@@ -884,69 +1004,271 @@ def emergence_step(
 
 def emergence_table(
     table: pd.DataFrame,
-    thresholds: Mapping[str, float],
-    metric: str = "accuracy",
+    threshold: float | Mapping[str, float],
+    metric: str = "score",
     group: str = "all",
 ) -> pd.DataFrame:
-    """Emergence step per behaviour x run: columns behaviour, run, (seed, size, label),
-    metric, threshold, emergence_step (NaN = never stays above), final_value."""
-    unknown = [b for b in thresholds if b not in BEHAVIOURS]
+    """Emergence step per behaviour x run, from the data's uncertainty: the first checkpoint
+    whose CI lower bound of `metric` (default the chance-normalised score) is >= threshold
+    and stays so at every later checkpoint (`emergence_step` on `ci_low`).
+
+    Columns: behaviour, run, (seed, size, label), metric, threshold, emergence_step (NaN =
+    never, censored at last_step), emerged, last_step, emergence_step_point (the same rule on
+    the point estimate, for comparison: it fires on noise), final_value, final_ci_low.
+    `threshold` is one number for every behaviour, or behaviour -> number."""
+    names = list(threshold) if isinstance(threshold, Mapping) else []
+    unknown = [b for b in names if b not in BEHAVIOURS]
     if unknown:
         check_behaviours(unknown)
     sub = table[(table["metric"] == metric) & (table["group"] == group)]
     extra = [c for c in ("seed", "size", "label") if c in sub.columns]
     rows = []
     for (behaviour, run), frame in sub.groupby(["behaviour", "run"], sort=False):
-        if behaviour not in thresholds:
+        if isinstance(threshold, Mapping) and behaviour not in threshold:
             continue
+        level = float(threshold[behaviour] if isinstance(threshold, Mapping) else threshold)
         frame = frame.sort_values("step")
-        step = emergence_step(frame["step"], frame["value"], thresholds[behaviour])
+        step = emergence_step(frame["step"], frame["ci_low"], level)
+        point = emergence_step(frame["step"], frame["value"], level)
         row = {"behaviour": behaviour, "run": run}
         row.update({c: frame[c].iloc[0] for c in extra})
         row.update(
             metric=metric,
-            threshold=float(thresholds[behaviour]),
+            threshold=level,
             emergence_step=np.nan if step is None else float(step),
+            emerged=step is not None,
+            last_step=int(frame["step"].iloc[-1]),
+            emergence_step_point=np.nan if point is None else float(point),
             final_value=float(frame["value"].iloc[-1]),
+            final_ci_low=float(frame["ci_low"].iloc[-1]),
         )
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def emergence_spread(
-    emergence: pd.DataFrame, n_boot: int = 1000, seed: int = 0, ci: float = 0.95
-) -> pd.DataFrame:
-    """Spread of emergence steps across seeds, per behaviour x size (size 'all' pools sizes):
-    mean, sd (ddof=1), min, max, range, a CI for the mean from resampling runs (seeds) with
-    replacement (the seed half of the multi-bootstrap), n_emerged and n_runs (runs that never
-    emerge are counted in n_runs but not in the statistics)."""
-    from seedscope.stats import bootstrap_mean
+def km_median(times: Sequence[float], observed: Sequence[bool]) -> float:
+    """Kaplan-Meier median of event times with right censoring (`observed` False = the
+    event had not happened by `times`), from `scipy.stats.ecdf`: the first time the survival
+    curve reaches 0.5 or below (the midpoint to the next event time when it sits exactly at
+    0.5, so uncensored data give the ordinary median); NaN when it never does ("not
+    reached": fewer than half the runs have the event)."""
+    from scipy.stats import CensoredData, ecdf
 
-    size_col = "size" if "size" in emergence.columns else None
+    times = np.asarray(times, dtype=np.float64)
+    observed = np.asarray(observed, dtype=bool)
+    if times.shape != observed.shape:
+        raise SeedscopeError("times and observed differ in shape.", "pair them.")
+    if not observed.any():
+        return float("nan")
+    if observed.all():
+        data = times
+    else:
+        data = CensoredData(uncensored=times[observed], right=times[~observed])
+    sf = ecdf(data).sf
+    q, p = sf.quantiles, sf.probabilities
+    at = np.flatnonzero(p <= 0.5 + 1e-12)
+    if at.size == 0:
+        return float("nan")
+    i = int(at[0])
+    if abs(p[i] - 0.5) < 1e-12 and i + 1 < q.size:
+        return float((q[i] + q[i + 1]) / 2)
+    return float(q[i])
+
+
+def t_interval(values: np.ndarray, ci: float = 0.95) -> tuple[float, float]:
+    """Student-t CI of the mean (scipy); (mean, mean) when the sd is 0, NaNs for n < 2."""
+    import scipy.stats
+
+    values = np.asarray(values, dtype=np.float64)
+    if values.size < 2:
+        return float("nan"), float("nan")
+    mean, sd = float(values.mean()), float(values.std(ddof=1))
+    half = float(scipy.stats.t.ppf(0.5 + ci / 2, values.size - 1)) * sd / np.sqrt(values.size)
+    return mean - half, mean + half
+
+
+def emergence_summary(emergence: pd.DataFrame, ci: float = 0.95) -> pd.DataFrame:
+    """Emergence across seeds, per behaviour x size (seeds are compared within a size only;
+    a table without `size` is one size 'all'). Runs that never emerge are censored at their
+    last checkpoint, not dropped.
+
+    Columns: behaviour, size, n_runs, n_emerged, emerged ('k/n runs'), km_median (Kaplan-
+    Meier median step; NaN = not reached), and over the emerged runs: min, max, range,
+    mean, sd (ddof=1), t_low / t_high (t-interval of their mean: with <= 5 seeds a bootstrap
+    over seeds under-covers, so the range and a t-interval are what is reported)."""
+    frame = emergence if "size" in emergence.columns else emergence.assign(size="all")
     rows = []
-    for behaviour, frame in emergence.groupby("behaviour", sort=False):
-        parts = [("all", frame)]
-        if size_col:
-            parts += [(str(s), f) for s, f in frame.groupby(size_col, sort=False)]
-        for size, part in parts:
-            steps = part["emergence_step"].to_numpy(dtype=np.float64)
-            done = steps[np.isfinite(steps)]
-            row = {"behaviour": behaviour, "size": size, "n_runs": len(steps),
-                   "n_emerged": int(done.size)}  # fmt: skip
-            if done.size:
-                res = bootstrap_mean(done[:, None], n_boot=n_boot if done.size > 1 else 0,
-                                     seed=seed, ci=ci)  # fmt: skip
-                row.update(
-                    mean=float(done.mean()),
-                    sd=float(done.std(ddof=1)) if done.size > 1 else np.nan,
-                    min=float(done.min()),
-                    max=float(done.max()),
-                    range=float(done.max() - done.min()),
-                    ci_low=float(res.low),
-                    ci_high=float(res.high),
-                )
-            rows.append(row)
+    for (behaviour, size), part in frame.groupby(["behaviour", "size"], sort=False):
+        steps = part["emergence_step"].to_numpy(dtype=np.float64)
+        observed = np.isfinite(steps)
+        times = np.where(observed, steps, part["last_step"].to_numpy(dtype=np.float64))
+        done = steps[observed]
+        row = {
+            "behaviour": behaviour,
+            "size": str(size),
+            "n_runs": int(steps.size),
+            "n_emerged": int(done.size),
+            "emerged": f"{int(done.size)}/{int(steps.size)} runs",
+            "km_median": km_median(times, observed),
+        }
+        nan = float("nan")
+        low, high = t_interval(done, ci)
+        row.update(
+            min=float(done.min()) if done.size else nan,
+            max=float(done.max()) if done.size else nan,
+            range=float(done.max() - done.min()) if done.size else nan,
+            mean=float(done.mean()) if done.size else nan,
+            sd=float(done.std(ddof=1)) if done.size > 1 else nan,
+            t_low=low,
+            t_high=high,
+        )
+        rows.append(row)
     return pd.DataFrame(rows)
+
+
+def emergence_sentence(summary: pd.DataFrame, threshold: float) -> str:
+    """One sentence per size: in how many runs each behaviour emerged and its KM median."""
+    if summary.empty:
+        return "No behaviour was scored."
+    parts = []
+    for size, part in summary.groupby("size", sort=False):
+        bits = []
+        for r in part.itertuples():
+            median = "not reached" if not np.isfinite(r.km_median) else f"{r.km_median:g}"
+            bits.append(f"{r.behaviour} {r.emerged} (median step {median})")
+        parts.append(f"**{size}**: " + "; ".join(bits))
+    return (
+        f"A behaviour emerges in a run at the first checkpoint from which the lower 95% CI "
+        f"bound of its chance-normalised score stays at or above {threshold:g}; runs where "
+        "it never does are censored at the last checkpoint (median: Kaplan-Meier). "
+        + ". ".join(parts)
+        + "."
+    )
+
+
+def multi_bootstrap_items(
+    matrix: np.ndarray, clusters: Sequence[Any], n_boot: int = 1000, seed: int = 0
+) -> dict[str, np.ndarray | float]:
+    """The Multi-Bootstrap (Sellam et al. 2022) of a mean over seeds x items.
+
+    matrix: `[n_runs, n_items]` item scores, the same items in every run (NaN = missing).
+    A replicate draws runs (seeds) with replacement and item clusters with replacement
+    (items sharing a cluster move together; clusters shared by all runs), and computes the
+    mean over drawn runs of each run's item mean, and the sd across the drawn runs. Draw
+    order: runs first, then clusters, so every call with the same seed and n_runs draws the
+    same runs (common random numbers across behaviours). Returns estimate, seed_sd (on all
+    data), and the replicates `mean_reps`, `sd_reps` `[n_boot]`.
+    """
+    from seedscope.stats import _counts
+
+    matrix = np.asarray(matrix, dtype=np.float64)
+    n_runs, n_items = matrix.shape
+    ids = np.unique(np.asarray(clusters).astype(str), return_inverse=True)[1]
+    if ids.size != n_items:
+        raise SeedscopeError("One cluster per item column is needed.", "pass n_items labels.")
+    n_clusters = int(ids.max()) + 1 if n_items else 0
+    finite = np.isfinite(matrix)
+    sums = np.zeros((n_runs, n_clusters))
+    counts = np.zeros((n_runs, n_clusters))
+    for r in range(n_runs):
+        np.add.at(sums[r], ids, np.where(finite[r], matrix[r], 0.0))
+        np.add.at(counts[r], ids, finite[r].astype(np.float64))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        run_means = sums.sum(1) / counts.sum(1)
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, n_runs, size=(n_boot, n_runs))
+    weights = _counts(rng.integers(0, n_clusters, size=(n_boot, n_clusters)), n_clusters)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rep_run_means = (weights @ sums.T) / (weights @ counts.T)  # [n_boot, n_runs]
+    drawn = rep_run_means[np.arange(n_boot)[:, None], picks]
+    return {
+        "estimate": float(run_means.mean()),
+        "seed_sd": float(run_means.std(ddof=1)) if n_runs > 1 else float("nan"),
+        "run_means": run_means,
+        "mean_reps": drawn.mean(axis=1),
+        "sd_reps": drawn.std(axis=1, ddof=1) if n_runs > 1 else np.full(n_boot, np.nan),
+        "n_clusters": n_clusters,
+    }
+
+
+def _percentiles(reps: np.ndarray, ci: float) -> tuple[float, float]:
+    reps = np.asarray(reps, dtype=np.float64)
+    reps = reps[np.isfinite(reps)]
+    if reps.size == 0:
+        return float("nan"), float("nan")
+    alpha = (1 - ci) / 2
+    low, high = np.percentile(reps, [100 * alpha, 100 * (1 - alpha)])
+    return float(low), float(high)
+
+
+def final_scores(
+    item_scores: pd.DataFrame,
+    step: int,
+    sizes: Mapping[str, str] | None = None,
+    metric: str = "score",
+    n_boot: int = 1000,
+    seed: int = 0,
+    ci: float = 0.95,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Final-checkpoint `metric` per behaviour x size with a Multi-Bootstrap CI over seeds
+    (runs of that size) x item clusters (`multi_bootstrap_items`), never pooled over sizes.
+
+    item_scores: `score_items` frames with `run` and `step` columns; sizes: run -> size
+    (None: one size 'all'). Table columns: behaviour, size, step, metric, value, ci_low,
+    ci_high, seed_sd (sd across seeds of the run means) with seed_sd_low / seed_sd_high,
+    run_min, run_max (the range over seeds), t_low / t_high (t-interval over the seed means:
+    with <= 5 seeds a seed bootstrap under-covers), n_runs, n_items, n_clusters.
+
+    Also returns the summary over behaviours (same run draws for every behaviour of a size,
+    so replicates combine): mean seed sd over behaviours x sizes with its CI.
+    """
+    col = METRIC_COLUMNS.get(metric, metric)
+    sub = item_scores[item_scores["step"] == step]
+    if sub.empty:
+        raise SeedscopeError(f"No item scores at step {step}.", "pick a scored checkpoint.")
+    size_of = sub["run"].map(sizes) if sizes is not None else pd.Series("all", index=sub.index)
+    sub = sub.assign(size=size_of.fillna("all").astype(str))
+    rows, sd_reps = [], []
+    for (behaviour, size), part in sub.groupby(["behaviour", "size"], sort=False):
+        grid = part.pivot_table(index="run", columns="item", values=col, aggfunc="first")
+        clusters = part.drop_duplicates("item").set_index("item")["cluster"]
+        res = multi_bootstrap_items(
+            grid.to_numpy(dtype=np.float64), clusters.loc[grid.columns].to_numpy(), n_boot, seed
+        )
+        low, high = _percentiles(res["mean_reps"], ci)
+        sd_low, sd_high = _percentiles(res["sd_reps"], ci)
+        t_low, t_high = t_interval(res["run_means"], ci)
+        rows.append(
+            {
+                "behaviour": behaviour,
+                "size": size,
+                "step": int(step),
+                "metric": metric,
+                "value": res["estimate"],
+                "ci_low": low,
+                "ci_high": high,
+                "seed_sd": res["seed_sd"],
+                "seed_sd_low": sd_low,
+                "seed_sd_high": sd_high,
+                "run_min": float(res["run_means"].min()),
+                "run_max": float(res["run_means"].max()),
+                "t_low": t_low,
+                "t_high": t_high,
+                "n_runs": int(grid.shape[0]),
+                "n_items": int(grid.shape[1]),
+                "n_clusters": int(res["n_clusters"]),
+            }
+        )
+        if grid.shape[0] > 1:
+            sd_reps.append(res["sd_reps"])
+    table = pd.DataFrame(rows)
+    summary: dict[str, Any] = {"seed_sd": float("nan"), "ci_low": float("nan"),
+                               "ci_high": float("nan"), "n_cells": len(sd_reps)}  # fmt: skip
+    if sd_reps:
+        reps = np.mean(np.stack(sd_reps), axis=0)
+        low, high = _percentiles(reps, ci)
+        summary.update(seed_sd=float(table["seed_sd"].dropna().mean()), ci_low=low, ci_high=high)
+    return table, summary
 
 
 def _nearest_step(steps: np.ndarray, target: int) -> int:
@@ -957,35 +1279,131 @@ def seed_spread_mid_vs_final(
     table: pd.DataFrame,
     mid_step: int,
     final_step: int,
-    metric: str = "accuracy",
+    metric: str = "score",
     group: str = "all",
 ) -> pd.DataFrame:
     """Which behaviours differ most between seeds at mid-training vs at the end: per
-    behaviour (x size when the table has sizes), sd (ddof=1) and range of the metric across
-    runs at the checkpoint nearest `mid_step` and at the one nearest `final_step`, and
-    sd_ratio = sd_mid / sd_final. Sorted by sd_mid, largest first."""
+    behaviour x size (seeds are compared within a size; a table without `size` is one size
+    'all'), the mean, sd (ddof=1) and range of the metric across runs at the checkpoint
+    nearest `mid_step` and at the one nearest `final_step`, and sd_change = sd_final -
+    sd_mid (negative: seeds agree more by the end). A difference, not a ratio: identical
+    runs give 0, never 0/0. Sizes with a single run (no seed spread) are left out. Sorted
+    by sd_mid, largest first."""
     sub = table[(table["metric"] == metric) & (table["group"] == group)]
-    keys = ["behaviour"] + (["size"] if "size" in sub.columns else [])
+    if "size" not in sub.columns:
+        sub = sub.assign(size="all")
     rows = []
-    for key, frame in sub.groupby(keys, sort=False):
-        key = key if isinstance(key, tuple) else (key,)
-        row = dict(zip(keys, key, strict=True))
+    for (behaviour, size), frame in sub.groupby(["behaviour", "size"], sort=False):
+        if frame["run"].nunique() < 2:
+            continue
+        row = {"behaviour": behaviour, "size": str(size)}
         for label, target in (("mid", mid_step), ("final", final_step)):
             vals = []
-            for _, run_frame in frame.groupby("run", sort=False):
+            for _, run_frame in frame.groupby("run", sort=True):
                 steps = run_frame["step"].to_numpy()
                 s = _nearest_step(steps, target)
                 vals.append(float(run_frame.loc[run_frame["step"] == s, "value"].iloc[0]))
             arr = np.array(vals)
+            row[f"step_{label}"] = s
             row[f"mean_{label}"] = float(arr.mean())
-            row[f"sd_{label}"] = float(arr.std(ddof=1)) if arr.size > 1 else np.nan
+            row[f"sd_{label}"] = float(arr.std(ddof=1))
             row[f"range_{label}"] = float(arr.max() - arr.min())
-        with np.errstate(divide="ignore", invalid="ignore"):
-            row["sd_ratio"] = row["sd_mid"] / row["sd_final"] if row["sd_final"] else np.inf
+        row["sd_change"] = row["sd_final"] - row["sd_mid"]
         row["n_runs"] = len(vals)
         rows.append(row)
     out = pd.DataFrame(rows)
     return out.sort_values("sd_mid", ascending=False, ignore_index=True) if len(out) else out
+
+
+def scoring_comparison(item_scores: pd.DataFrame) -> pd.DataFrame:
+    """Summed vs per-token scoring, per behaviour x step (pooled over runs): accuracy under
+    each, the fraction of items on which the two disagree, and each one's accuracy on items
+    whose correct option is strictly the shortest in tokens vs strictly the longest (a
+    length-biased score is high on the first and low on the second; unequal option lengths
+    only)."""
+    rows = []
+    toks = item_scores["option_tokens"].map(lambda t: np.asarray(t, dtype=np.int64))
+    first = toks.map(lambda t: int(t[0]))
+    shortest = toks.map(lambda t: bool(t[0] < t[1:].min()))
+    longest = toks.map(lambda t: bool(t[0] > t[1:].max()))
+    frame = item_scores.assign(_short=shortest, _long=longest, _n=first)
+    for (behaviour, step), part in frame.groupby(["behaviour", "step"], sort=True):
+        row = {
+            "behaviour": behaviour,
+            "step": int(step),
+            "n_items": len(part),
+            "unequal_lengths": float((part["_short"] | part["_long"]).mean()),
+            "disagree": float((part["correct_summed"] != part["correct_per_token"]).mean()),
+        }
+        for name in SCORINGS:
+            correct = part[f"correct_{name}"].astype(float)
+            row[f"accuracy_{name}"] = float(correct.mean())
+            for label, mask in (("shortest", part["_short"]), ("longest", part["_long"])):
+                row[f"accuracy_{name}_{label}"] = (
+                    float(correct[mask].mean()) if mask.any() else np.nan
+                )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def scoring_sentence(comparison: pd.DataFrame, headline_scoring: str) -> str:
+    """What the two scorings say at the first and last scored checkpoints: how often they
+    disagree, and the summed score's length bias (accuracy on items whose correct option is
+    the shortest vs the longest)."""
+    check_scoring(headline_scoring)
+    if comparison.empty:
+        return "No items were scored."
+    parts = []
+    for step in sorted({int(comparison["step"].min()), int(comparison["step"].max())}):
+        part = comparison[comparison["step"] == step]
+        w = part["n_items"].to_numpy(dtype=np.float64)
+
+        def avg(col: str, part=part, w=w) -> float:
+            v = part[col].to_numpy(dtype=np.float64)
+            ok = np.isfinite(v)
+            return float(np.average(v[ok], weights=w[ok])) if ok.any() else float("nan")
+
+        parts.append(
+            f"at step {step} the two disagree on {avg('disagree'):.0%} of items; summed "
+            f"scoring is right on {avg('accuracy_summed_shortest'):.0%} of items whose correct "
+            f"option is the shortest and {avg('accuracy_summed_longest'):.0%} where it is the "
+            f"longest (per-token: {avg('accuracy_per_token_shortest'):.0%} vs "
+            f"{avg('accuracy_per_token_longest'):.0%})"
+        )
+    unequal = float(np.average(comparison["unequal_lengths"], weights=comparison["n_items"]))
+    name = {"per_token": "per-token-normalised", "summed": "summed"}[headline_scoring]
+    return (
+        f"Options are scored both by summed and by per-token-normalised log-prob; the headline "
+        f"uses the {name} one. {unequal:.0%} of items have a correct option strictly shorter or "
+        "longer (in tokens) than every alternative; " + "; ".join(parts) + "."
+    )
+
+
+def final_sentence(final: pd.DataFrame, summary: Mapping[str, Any]) -> str:
+    """The final-checkpoint scores per size and the seed spread, from `final_scores`."""
+    if final.empty:
+        return "No final scores."
+    parts = []
+    for size, part in final.groupby("size", sort=False):
+        best = part.sort_values("value", ascending=False)
+        bits = [
+            f"{r.behaviour} {r.value:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]"
+            for r in best.itertuples()
+        ]
+        parts.append(f"**{size}** ({int(part['n_runs'].iloc[0])} seeds): " + ", ".join(bits))
+    text = (
+        f"Chance-normalised score at step {int(final['step'].iloc[0])} (mean over seeds, 95% "
+        "Multi-Bootstrap CI over seeds x item clusters): " + "; ".join(parts) + ". "
+    )
+    if np.isfinite(summary.get("seed_sd", np.nan)):
+        text += (
+            f"Across seeds of one size the score differs by an sd of {summary['seed_sd']:.3f} "
+            f"on average over behaviours [{summary['ci_low']:.3f}, {summary['ci_high']:.3f}]; "
+            "with this few seeds read the per-behaviour range, not the CI alone."
+        )
+    else:
+        text += "There is one run per size: no seed spread."
+    return text
 
 
 # --------------------------------------------------------------------------- figures
@@ -1000,6 +1418,7 @@ def _run_labels(frame: pd.DataFrame) -> dict[str, str]:
 
 
 _METRIC_UNITS = {
+    "score": "chance-normalised score (0 = chance, 1 = all correct)",
     "accuracy": "accuracy (fraction correct)",
     "margin": "log-prob margin (nats)",
     "lang_mass": "same-language next-token mass (probability)",
@@ -1039,6 +1458,7 @@ def plot_behaviour_heatmap(
         cmap="viridis",
         cbar_kws={"label": _METRIC_UNITS.get(metric, metric)},
         vmin=0.0 if metric in ("accuracy", "lang_mass", "lang_share") else None,
+        center=0.0 if metric == "score" else None,
         vmax=1.0 if metric in ("accuracy", "lang_mass", "lang_share") else None,
     )
     n_ticks = min(grid.shape[1], 12)
@@ -1069,9 +1489,15 @@ def plot_emergence(emergence: pd.DataFrame, run_order: Sequence[str] | None = No
     offsets = np.linspace(-0.25, 0.25, max(len(runs), 1))
     for k, run in enumerate(runs):
         part = emergence[emergence["run"] == run].set_index("behaviour")
-        y = [behaviours.index(b) + offsets[k] for b in part.index if b in behaviours]
-        x = [part.loc[b, "emergence_step"] for b in part.index if b in behaviours]
-        ax.scatter(x, y, color=colors[run], label=labels.get(run, run), s=28, zorder=3)
+        part = part[part.index.isin(behaviours)]
+        y = np.array([behaviours.index(b) + offsets[k] for b in part.index])
+        done = part["emergence_step"].notna().to_numpy()
+        ax.scatter(part["emergence_step"][done], y[done], color=colors[run],
+                   label=labels.get(run, run), s=28, zorder=3)  # fmt: skip
+        if "last_step" in part.columns and (~done).any():
+            # censored: not emerged by the last checkpoint, drawn there as an open arrow
+            ax.scatter(part["last_step"][~done], y[~done], facecolors="none",
+                       edgecolors=colors[run], marker=">", s=40, zorder=3)  # fmt: skip
     ax.set_yticks(range(len(behaviours)))
     ax.set_yticklabels(behaviours)
     ax.set_xscale("symlog", linthresh=10)
@@ -1080,7 +1506,7 @@ def plot_emergence(emergence: pd.DataFrame, run_order: Sequence[str] | None = No
     never = emergence[emergence["emergence_step"].isna()]
     title = "Emergence step per behaviour and run"
     if len(never):
-        title += f" ({len(never)} run x behaviour pairs never stay above threshold)"
+        title += f"\n(open >: {len(never)} run x behaviour pairs censored, not emerged by the end)"
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left", title="run")

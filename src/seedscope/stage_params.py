@@ -101,7 +101,12 @@ class BehavioursParams:
     source: str = "planted"
     n_per_behaviour: int = 200
     steps: list[int | str] | str = "all"
-    threshold: float = 0.8
+    # emergence: the CI lower bound of the chance-normalised score, (acc - chance) /
+    # (1 - chance), stays >= this; 0.6 = accuracy 0.8 with 2 options, 0.7 with 4
+    score_threshold: float = 0.6
+    # headline scoring of multi-token options (both are computed and reported):
+    # 'per_token' (mean log-prob per option token) or 'summed' (favours short options)
+    scoring: str = "per_token"
     n_boot: int = 200
     seed: int = 0
     batch_size: int = 64
@@ -130,10 +135,16 @@ class BehavioursParams:
                     f"{closest(name, BEHAVIOURS)}",
                     f"choose from: {', '.join(BEHAVIOURS)} (or `all`).",
                 )
-        if not 0 < self.threshold <= 1:
+        if not 0 < self.score_threshold < 1:
             raise SeedscopeError(
-                f"behaviours.threshold must be in (0, 1], got {self.threshold}.",
-                "use e.g. 0.8 (accuracy).",
+                f"behaviours.score_threshold must be in (0, 1), got {self.score_threshold}.",
+                "it is chance-normalised, (accuracy - chance) / (1 - chance): 0 = guessing, "
+                "1 = all correct; use e.g. 0.6.",
+            )
+        if self.scoring not in ("per_token", "summed"):
+            raise SeedscopeError(
+                f"behaviours.scoring must be 'per_token' or 'summed', got {self.scoring!r}.",
+                "per_token (fair across option lengths) is the usual headline.",
             )
 
     @property

@@ -720,7 +720,7 @@ def behaviours_stage(suite: dict[str, Any], behaviours: dict[str, Any]):
             language_map = bh.language_token_map(tokenizer, lexicons, letters)
             items, dropped = bh.fit_to_context(items, tokenizer, model.config.n_positions)
         scores[(run, step)] = bh.score_items(
-            model, tokenizer, items, cfg.batch_size, "cpu", language_map
+            model, tokenizer, items, cfg.batch_size, "cpu", language_map, cfg.scoring
         )
     item_scores = pd.concat(
         [frame.assign(run=run, step=step) for (run, step), frame in scores.items()],
@@ -731,13 +731,18 @@ def behaviours_stage(suite: dict[str, Any], behaviours: dict[str, Any]):
         scores, suite=resolved.suite, n_boot=cfg.n_boot, seed=cfg.seed, groups=True
     )
     write_parquet(out / "behaviour_table.parquet", table)
-    thresholds = {b: cfg.threshold for b in cfg.behaviour_names}
-    emergence = bh.emergence_table(table, thresholds)
-    spread = bh.emergence_spread(emergence, n_boot=cfg.n_boot, seed=cfg.seed)
+    emergence = bh.emergence_table(table, cfg.score_threshold)
+    spread = bh.emergence_summary(emergence)
     mid_final = bh.seed_spread_mid_vs_final(table, resolved.mid_step, resolved.final_step)
+    final, final_summary = bh.final_scores(
+        item_scores, steps[-1], run_sizes(resolved), "score", cfg.n_boot, cfg.seed
+    )
+    scoring = bh.scoring_comparison(item_scores)
     write_parquet(out / "emergence.parquet", emergence)
-    write_parquet(out / "emergence_spread.parquet", spread)
+    write_parquet(out / "emergence_summary.parquet", spread)
     write_parquet(out / "seed_spread_mid_vs_final.parquet", mid_final)
+    write_parquet(out / "final_scores.parquet", final)
+    write_parquet(out / "scoring_comparison.parquet", scoring)
     figs = [
         register_figure(
             bh.plot_emergence(emergence, resolved.run_names),
@@ -748,51 +753,64 @@ def behaviours_stage(suite: dict[str, Any], behaviours: dict[str, Any]):
             key=True,
         ),
         register_figure(
-            bh.plot_size_comparison(table),
+            bh.plot_size_comparison(table, "score"),
             "behaviours",
             "size_comparison",
-            "Behaviour accuracy over training by model size",
+            "Chance-normalised behaviour score over training by model size",
             "seedscope.behaviours.plot_size_comparison",
         ),
     ]
     for name in cfg.behaviour_names:
         figs.append(
             register_figure(
-                bh.plot_behaviour_heatmap(table, name, "accuracy"),
+                bh.plot_behaviour_heatmap(table, name, "score"),
                 "behaviours",
                 f"heatmap_{name}",
-                f"{name}: accuracy per run and checkpoint",
+                f"{name}: chance-normalised score per run and checkpoint",
                 "seedscope.behaviours.plot_behaviour_heatmap",
             )
         )
-    final = table[
-        (table["step"] == steps[-1]) & (table["metric"] == "accuracy") & (table["group"] == "all")
-    ]
-    heads = {}
-    for name in cfg.behaviour_names:
-        rows = final[final["behaviour"] == name]
-        if rows.empty:
-            continue
-        heads[f"{name}_final_accuracy"] = headline(
-            rows["value"].mean(),
-            f"{name}: accuracy at step {steps[-1]}, mean over runs",
-            (rows["ci_low"].mean(), rows["ci_high"].mean()),
+    heads = {
+        "final_score_seed_sd": headline(
+            final_summary["seed_sd"],
+            f"sd across seeds (within size) of the chance-normalised score at step {steps[-1]}, "
+            "mean over behaviours and sizes; CI: Multi-Bootstrap over seeds x item clusters "
+            f"({final_summary['n_cells']} behaviour x size cells; with <= 5 seeds it "
+            "under-covers)",
+            (final_summary["ci_low"], final_summary["ci_high"]),
         )
-        sp = spread[(spread["behaviour"] == name) & (spread["size"] == "all")]
-        if not sp.empty and sp["n_emerged"].iloc[0] > 0:
-            heads[f"{name}_emergence_step"] = headline(
-                sp["mean"].iloc[0],
-                f"{name}: mean emergence step over the "
-                f"{int(sp['n_emerged'].iloc[0])}/{int(sp['n_runs'].iloc[0])} runs where it "
-                f"emerges (threshold {cfg.threshold})",
-                (sp["ci_low"].iloc[0], sp["ci_high"].iloc[0]),
+    }
+    for row in final.itertuples():
+        heads[f"{row.behaviour}_final_score_{row.size}"] = headline(
+            row.value,
+            f"{row.behaviour}, {row.size}: chance-normalised score at step {steps[-1]}, mean "
+            f"over {row.n_runs} seeds; CI: Multi-Bootstrap over seeds x {row.n_clusters} item "
+            f"clusters; seeds range {row.run_min:.3g}-{row.run_max:.3g}",
+            (row.ci_low, row.ci_high),
+        )
+    for row in spread.itertuples():
+        heads[f"{row.behaviour}_emerged_runs_{row.size}"] = headline(
+            row.n_emerged,
+            f"{row.behaviour}, {row.size}: runs (of {row.n_runs}) whose score's CI lower bound "
+            f"stays >= {cfg.score_threshold:g}",
+        )
+        if np.isfinite(row.km_median):
+            heads[f"{row.behaviour}_emergence_median_{row.size}"] = headline(
+                row.km_median,
+                f"{row.behaviour}, {row.size}: Kaplan-Meier median emergence step "
+                f"({row.emerged} emerged; seeds range {row.min:g}-{row.max:g})",
+                unit="training steps",
             )
     metrics = write_metrics(
         "behaviours",
         heads,
         details={
             "probes_dropped_longer_than_context": dropped,
+            "score_threshold": cfg.score_threshold,
+            "headline_scoring": cfg.scoring,
             "emergence": emergence.to_dict("records"),
+            "emergence_summary": spread.to_dict("records"),
+            "final_scores": final.to_dict("records"),
             "mid_vs_final": mid_final.to_dict("records"),
         },
         provenance=stage_provenance("behaviours", resolved, steps, cfg),
@@ -803,6 +821,14 @@ def behaviours_stage(suite: dict[str, Any], behaviours: dict[str, Any]):
         "table": table,
         "emergence": emergence,
         "spread": spread,
+        "final": final,
+        "final_summary": final_summary,
+        "scoring": scoring,
+        "sentences": {
+            "emergence": bh.emergence_sentence(spread, cfg.score_threshold),
+            "scoring": bh.scoring_sentence(scoring, cfg.scoring),
+            "final": bh.final_sentence(final, final_summary),
+        },
         "mid_vs_final": mid_final,
         "figures": figs,
         "metrics": metrics,
