@@ -326,3 +326,63 @@ def test_hub_store_through_checkpoints(tmp_path):
     np.testing.assert_allclose(
         load_logprobs(out, ["small-x21"], 60)["small-x21"], direct, atol=1e-6
     )
+
+
+def test_restart_and_prune_leave_what_a_fresh_sweep_writes(reference, tmp_path):
+    """The stage's persisted folder: other settings -> emptied and recomputed (not refused);
+    units outside the sweep (steps dropped from params, a killed sweep's unlisted file)
+    are deleted, so the folder equals a fresh sweep's."""
+    out = tmp_path / "o"
+    cfg = SweepConfig(steps=("final", "mid"), batch_size=4, device="cpu", threads=1)
+    run_sweep(SUITE, _windows()[:5], out, cfg, loader=LOADER, runs=RUNS, progress=False)
+    stray = out / "small-x21" / "step-15.npy"
+    stray.write_bytes(b"left by a killed sweep")
+    final_only = SweepConfig(steps=("final",), batch_size=4, device="cpu", threads=1)
+    frame = run_sweep(
+        SUITE, _windows(), out, final_only, loader=LOADER, runs=RUNS, progress=False,
+        restart=True, prune=True,
+    )  # fmt: skip
+    assert list(frame.status) == ["computed", "computed"]  # other windows: recomputed
+    fresh = tmp_path / "fresh"
+    run_sweep(SUITE, _windows(), fresh, final_only, loader=LOADER, runs=RUNS, progress=False)
+    assert _hashes(out) == _hashes(fresh)
+    # steps dropped from the sweep: pruned from disk and manifest, the rest skipped
+    run_sweep(SUITE, _windows(), out, cfg, loader=LOADER, runs=RUNS, progress=False)
+    again = run_sweep(
+        SUITE, _windows(), out, final_only, loader=LOADER, runs=RUNS, progress=False, prune=True
+    )
+    assert list(again.status) == ["skipped", "skipped"]
+    assert _hashes(out) == _hashes(fresh)
+    assert sorted(json.loads((out / "manifest.json").read_text())["units"]) == sorted(
+        json.loads((fresh / "manifest.json").read_text())["units"]
+    )
+
+
+def test_unit_recomputed_when_its_checkpoint_commit_changes(tmp_path):
+    """A persisted unit is trusted only for the weights it was computed from: a retrained
+    checkpoint (same revision, new commit in the cache) is evaluated again."""
+    from seedscope.hubcache import write_snapshot
+
+    cache = tmp_path / "cache"
+    repo = "seedscope/mini-smoke-small-x21"
+
+    def save(step: int, seed: int) -> None:
+        model = RandomGPT2Loader(vocab_size=101, n_positions=32, base_seed=seed)(
+            Unit("small-x21", step, "", "")
+        )
+        folder = tmp_path / f"m{step}-{seed}"
+        model.save_pretrained(folder)
+        write_snapshot(cache, repo, f"checkpoint-{step}", {p.name: p for p in folder.iterdir()})
+
+    save(60, seed=0)
+    cfg = SweepConfig(steps=("final",), device="cpu", threads=1, batch_size=4)
+    out = tmp_path / "out"
+    kw = dict(runs=["small-x21"], cache_dir=str(cache), progress=False)
+    first = run_sweep(SUITE, _windows(), out, cfg, **kw)
+    assert list(first.status) == ["computed"]
+    assert list(run_sweep(SUITE, _windows(), out, cfg, **kw).status) == ["skipped"]
+    before = load_logprobs(out, ["small-x21"], 60)["small-x21"].copy()
+    save(60, seed=1)  # the same revision now names other weights
+    assert list(run_sweep(SUITE, _windows(), out, cfg, **kw).status) == ["computed"]
+    after = load_logprobs(out, ["small-x21"], 60)["small-x21"]
+    assert np.nanmax(np.abs(after - before)) > 1e-3

@@ -233,6 +233,16 @@ class HubStore:
 
         return checkpoint_bytes(fetch_checkpoint(self.suite, unit.run, unit.step, self.cache_dir))
 
+    def commit(self, unit: Unit) -> str | None:
+        """The commit the unit's revision resolves to in the cache (which weights it names),
+        or None when the revision is not cached (an evicted hub checkpoint: published
+        revisions do not move, so the unit's earlier result stands)."""
+        from seedscope.checkpoints import cache_dir_for, default_hub_cache
+        from seedscope.hubcache import cached_revisions
+
+        cache = cache_dir_for(self.suite, self.cache_dir) or default_hub_cache()
+        return cached_revisions(cache, unit.repo_id).get(unit.revision)
+
 
 @dataclass(frozen=True)
 class LoaderStore:
@@ -387,8 +397,14 @@ def _array_sha256(arr: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def _unit_done(out: Path, entry: dict[str, Any] | None, params_hash: str) -> bool:
+def _unit_done(
+    out: Path, entry: dict[str, Any] | None, params_hash: str, commit: str | None = None
+) -> bool:
+    """A unit is done when the manifest lists it with this configuration, its files match
+    their sha256, and (where the cache tells) it was computed from the same weights."""
     if not entry or entry.get("params_hash") != params_hash:
+        return False
+    if commit is not None and entry.get("commit") not in (None, commit):
         return False
     for fkey, hkey in (("file", "sha256"), ("traj_file", "traj_sha256")):
         rel = entry.get(fkey)
@@ -436,6 +452,8 @@ def run_sweep(
     store: Any = None,
     cache_dir: str | None = None,
     progress: bool = True,
+    restart: bool = False,
+    prune: bool = False,
 ) -> pd.DataFrame:
     """Evaluate every (run, step) unit of `cfg.steps` on `windows` `[n_windows, window]`
     into `out_dir` (default `token_losses_dir()`); return one row per unit:
@@ -445,7 +463,10 @@ def run_sweep(
     `seedscope.checkpoints` (hub suites are evicted after use, within
     `cfg.cache_budget_gb`, and the next download overlaps the current evaluation).
     `trajectory_index` (flat indices) overrides the seeded trajectory subset.
-    With `cfg.scheduler` set, units run as Dask tasks on that cluster (workers need
+    A folder made with other settings is refused, or emptied first with `restart=True`;
+    `prune=True` deletes units outside this sweep's list, so the folder holds exactly what
+    an uninterrupted sweep into an empty folder would (how stage `token_losses` keeps its
+    persisted output honest). With `cfg.scheduler` set, units run as Dask tasks on that cluster (workers need
     `out_dir` on a shared filesystem); the manifest is written here only.
     """
     from seedscope.paths import token_losses_dir
@@ -474,11 +495,19 @@ def run_sweep(
     }
     params_hash = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
     if manifest.get("units") and manifest.get("params_hash") != params_hash:
-        raise SeedscopeError(
-            f"{out} already holds log-probs made with other settings "
-            f"(suite, eval windows, trajectory subset or dtype differ).",
-            "write to a new out_dir, or delete that folder to start over.",
-        )
+        if not restart:
+            raise SeedscopeError(
+                f"{out} already holds log-probs made with other settings "
+                f"(suite, eval windows, trajectory subset or dtype differ).",
+                "write to a new out_dir, or delete that folder to start over.",
+            )
+        import shutil
+
+        shutil.rmtree(out)
+        out.mkdir(parents=True)
+        manifest = {"units": {}}
+    if prune:
+        _prune(out, manifest, {u.key for u in units})
     traj_path = out / TRAJECTORY_TOKENS
     if subset is not None and not (
         traj_path.is_file() and np.array_equal(np.load(traj_path), subset)
@@ -499,10 +528,12 @@ def run_sweep(
         "threads": cfg.threads,
     }
 
+    commit_of = getattr(store, "commit", lambda unit: None)
+    commits = {unit.key: commit_of(unit) for unit in units}
     rows: list[dict[str, Any]] = []
     todo: list[Unit] = []
     for unit in units:
-        if _unit_done(out, manifest["units"].get(unit.key), params_hash):
+        if _unit_done(out, manifest["units"].get(unit.key), params_hash, commits[unit.key]):
             rows.append(_row(unit, "skipped", 0.0, 0))
         else:
             manifest["units"].pop(unit.key, None)
@@ -525,6 +556,7 @@ def run_sweep(
             "revision": unit.revision,
             "kind": "full" if unit.full else "traj",
             "params_hash": params_hash,
+            "commit": commits[unit.key],
             "n_windows": int(arr.shape[0]),
             "window": int(arr.shape[1]),
             **provenance,
@@ -549,6 +581,24 @@ def run_sweep(
     if not frame.empty:
         frame = frame.sort_values(["run", "step"], kind="stable").reset_index(drop=True)
     return frame
+
+
+def _prune(out: Path, manifest: dict[str, Any], keep: set[str]) -> None:
+    """Drop units outside `keep` from the manifest and delete their files (and any unit
+    file the manifest does not list: a leftover of a killed sweep)."""
+    units = manifest.setdefault("units", {})
+    for key in sorted(set(units) - keep):
+        units.pop(key)
+    listed = {
+        (out / entry[name]).resolve()
+        for entry in units.values()
+        for name in ("file", "traj_file")
+        if entry.get(name)
+    }
+    for path in sorted(out.glob("*/step-*.npy")) + sorted(out.glob("*/traj/step-*.npy")):
+        if path.resolve() not in listed:
+            path.unlink()
+    write_json(out / MANIFEST, manifest)
 
 
 def _row(unit: Unit, status: str, seconds: float, tokens: int) -> dict[str, Any]:

@@ -1579,6 +1579,27 @@ def trajectory_windows_index(n_windows: int, window: int, n_tokens: int, seed: i
     return (chosen[:, None] * window + pos[None, :]).ravel()
 
 
+def clear_other_suites(resolved: ResolvedSuite) -> list[str]:
+    """Delete what results/token_losses holds besides this suite's folder and the unit
+    table (another suite's sweep, persisted from an earlier run); return what went."""
+    import shutil
+
+    from seedscope.paths import token_losses_dir
+
+    root = token_losses_dir()
+    keep = {resolved.suite.name, "units.parquet"}
+    removed = []
+    for path in sorted(root.iterdir()) if root.is_dir() else []:
+        if path.name in keep:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        removed.append(path.name)
+    return removed
+
+
 def token_losses_stage(suite: dict[str, Any], token_losses: dict[str, Any]):
     """Stage `token_losses`: per-token log-probs of every run at the steps analyses need."""
     import numpy as np
@@ -1602,6 +1623,12 @@ def token_losses_stage(suite: dict[str, Any], token_losses: dict[str, Any]):
         for s in cfg.steps
     ]
     run_cfg = type(cfg)(**{**cfg.__dict__, "steps": tuple(steps)})
+    # results/token_losses is a persisted DVC output (dvc.yaml `persist: true`): DVC leaves
+    # it in place when it reruns the stage, so a killed sweep resumes inside `dvc repro`.
+    # It stays what a fresh sweep would write: other suites' folders go, a folder made with
+    # other settings (eval windows, trajectory subset, dtype) is emptied, units outside
+    # this sweep are pruned, and a unit whose checkpoint's commit changed is recomputed.
+    clear_other_suites(resolved)
     units = run_sweep(
         resolved.suite,
         windows,
@@ -1609,10 +1636,14 @@ def token_losses_stage(suite: dict[str, Any], token_losses: dict[str, Any]):
         run_cfg,
         trajectory_index=index,
         runs=resolved.run_names,
+        restart=True,
+        prune=True,
     )
+    # what was computed now vs resumed stays out of the file: a resumed sweep writes the
+    # same bytes as an uninterrupted one
     write_parquet(
         results_dir() / "token_losses" / "units.parquet",
-        units.drop(columns=[c for c in ("seconds", "tokens_per_s") if c in units.columns]),
+        units[["run", "step", "kind"]],
     )
     means = []
     for step in (resolved.mid_step, resolved.final_step):
