@@ -28,6 +28,7 @@ from seedscope.stats import (
     odds_ratio_ci,
     pearson_statistic,
     proportion_ci,
+    quiet_nan,
     window_bootstrap,
 )
 
@@ -517,12 +518,16 @@ def capability_gaps(
 ) -> pd.DataFrame:
     """Per pair and per metadata category: mean logprob_a - logprob_b with a window CI.
 
-    A gap is `significant` when its CI excludes 0 and the category spans >= `min_windows`
-    windows ("something run a does and run b does not", or the reverse when negative).
-    Tokens: finite under both runs. Columns: run_a, run_b, feature, category, n_tokens,
-    n_windows, mean_a, mean_b, gap, gap_low, gap_high, significant, better (run with the
-    higher mean log-prob when significant, else None).
+    Every gap is tested (gap = 0, normal approximation with its bootstrap SE,
+    `stats.wald_p`); `p_adjusted` is Benjamini-Hochberg over all gaps of the call (one step's
+    tests); a gap is `significant` when p_adjusted < 1 - ci and the category spans >=
+    `min_windows` windows ("something run a does and run b does not", or the reverse when
+    negative). Tokens: finite under both runs. Columns: run_a, run_b, feature, category,
+    n_tokens, n_windows, mean_a, mean_b, gap, gap_low, gap_high, p_value, p_adjusted,
+    significant, better (run with the higher mean log-prob when significant, else None).
     """
+    from seedscope.stats import wald_p
+
     shape = check_logprobs(logprobs)
     check_meta(meta, shape[0] * shape[1], columns)
     pair_list = _pairs(list(logprobs), pairs)
@@ -549,8 +554,8 @@ def capability_gaps(
             sum_a, sum_b = per(x[keep]).sum(0), per(y[keep]).sum(0)
             n_tok = counts.sum(0)
             n_win = (counts > 0).sum(0)
+            p_gap = wald_p(res.estimate, res.replicates) if n_boot > 0 else np.full(n_cat, np.nan)
             for j in np.flatnonzero(n_tok > 0):
-                sig = bool(n_win[j] >= min_windows and (res.low[j] > 0 or res.high[j] < 0))
                 gap = float(res.estimate[j])
                 rows.append(
                     {
@@ -565,11 +570,21 @@ def capability_gaps(
                         "gap": gap,
                         "gap_low": float(res.low[j]),
                         "gap_high": float(res.high[j]),
-                        "significant": sig,
-                        "better": (a if gap > 0 else b) if sig else None,
+                        "p_value": float(p_gap[j]),
+                        "n_windows_ok": bool(n_win[j] >= min_windows),
                     }
                 )
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    frame["p_adjusted"] = bh_adjust(frame["p_value"].to_numpy())
+    sig = (frame["p_adjusted"] < 1 - ci).to_numpy() & frame.pop("n_windows_ok").to_numpy()
+    frame["significant"] = sig
+    frame["better"] = [
+        (a if g > 0 else b) if s else None
+        for a, b, g, s in zip(frame["run_a"], frame["run_b"], frame["gap"], sig, strict=True)
+    ]
+    return frame
 
 
 # --------------------------------------------------------------------------- analysis 2
@@ -775,3 +790,597 @@ def agreement_over_training_plot(
     if agreement[["run_a", "run_b"]].drop_duplicates().shape[0] <= 15:
         ax.legend(fontsize=7, ncol=2)
     return fig
+
+
+# --------------------------------------------------------------------------- seeds vs sizes
+# A claim about seeds compares runs of the same size; a difference between sizes is a size
+# effect and is reported under its own name. Runs are grouped by `sizes: run -> size`.
+
+
+def size_groups(runs: Sequence[str], sizes: Mapping[str, str]) -> dict[str, list[str]]:
+    """size -> its runs (in the given order); every run needs a size."""
+    missing = [r for r in runs if r not in sizes]
+    if missing:
+        raise SeedscopeError(f"Runs {missing} have no size.", "give every run a size.")
+    groups: dict[str, list[str]] = {}
+    for run in runs:
+        groups.setdefault(str(sizes[run]), []).append(run)
+    return groups
+
+
+def seed_pairs(runs: Sequence[str], sizes: Mapping[str, str]) -> dict[str, list[tuple[str, str]]]:
+    """Pairs of runs: 'within <size>' for each size with >= 2 runs, and 'across sizes'."""
+    groups = size_groups(runs, sizes)
+    out: dict[str, list[tuple[str, str]]] = {}
+    for size, members in groups.items():
+        if len(members) >= 2:
+            out[f"within {size}"] = list(itertools.combinations(members, 2))
+    across = [(a, b) for a, b in itertools.combinations(runs, 2) if sizes[a] != sizes[b]]
+    if across:
+        out["across sizes"] = across
+    return out
+
+
+def seed_divergence(logprobs: Mapping[str, np.ndarray], sizes: Mapping[str, str]) -> np.ndarray:
+    """Per-token spread between seeds of the same size, in nats, `[n_windows, window]`.
+
+    sqrt of the mean over sizes (those with >= 2 seeds) of the per-size variance of the
+    log-prob across seeds (ddof=1). Two sizes that differ do not make a token divergent; NaN
+    where a token is not finite under every run.
+    """
+    check_logprobs(logprobs)
+    groups = [g for g in size_groups(list(logprobs), sizes).values() if len(g) >= 2]
+    if not groups:
+        raise SeedscopeError(
+            "No size has two seeds, so there is no seed divergence to measure.",
+            "include at least two runs of one size.",
+        )
+    valid = common_valid(logprobs)
+    var = np.zeros(valid.shape)
+    for group in groups:
+        stack = np.stack([np.asarray(logprobs[r], dtype=np.float64) for r in group])
+        var += stack.var(axis=0, ddof=1)
+    out = np.sqrt(var / len(groups))
+    out[~valid] = np.nan
+    return out
+
+
+def size_difference(logprobs: Mapping[str, np.ndarray], sizes: Mapping[str, str]) -> np.ndarray:
+    """Per-token difference between sizes, in nats, `[n_windows, window]`: the range (max -
+    min) of the per-size mean log-prob (= |difference| for two sizes); 0 with one size."""
+    check_logprobs(logprobs)
+    groups = size_groups(list(logprobs), sizes)
+    means = np.stack(
+        [
+            np.mean([np.asarray(logprobs[r], dtype=np.float64) for r in g], axis=0)
+            for g in groups.values()
+        ]
+    )
+    out = means.max(axis=0) - means.min(axis=0)
+    out[~common_valid(logprobs)] = np.nan
+    return out
+
+
+def top_fraction_mask(score: np.ndarray, fraction: float, floor: float = 0.0) -> np.ndarray:
+    """Bool mask of the `fraction` of finite tokens with the largest score, keeping only
+    scores above `floor`: when no token differs by more than `floor`, no token is selected
+    (identical runs have no "most divergent" tokens)."""
+    if not 0 < fraction < 1:
+        raise SeedscopeError(f"fraction={fraction} is not in (0, 1).", "use e.g. 0.01.")
+    score = np.asarray(score, dtype=np.float64)
+    n_top = max(1, int(round(fraction * np.isfinite(score).sum())))
+    mask = np.zeros(score.size, dtype=bool)
+    top = _top_k(score, n_top)
+    mask[top[score.ravel()[top] > floor]] = True
+    return mask.reshape(score.shape)
+
+
+def _moments_by_pair(
+    arrays: Mapping[str, np.ndarray], valid: np.ndarray, pairs: Sequence[tuple[str, str]]
+) -> np.ndarray:
+    """Per-window moments `[n_pairs, n_windows, 6]` of every pair (columns centred first)."""
+    from seedscope.stats import pair_moments
+
+    centred = {r: np.where(valid, a - a[valid].mean(), 0.0) for r, a in arrays.items()}
+    return np.stack([pair_moments(centred[a], centred[b], valid) for a, b in pairs])
+
+
+def seed_agreement(
+    logprobs: Mapping[str, np.ndarray],
+    sizes: Mapping[str, str],
+    n_boot: int = 1000,
+    seed: int = 0,
+    ci: float = 0.95,
+) -> pd.DataFrame:
+    """Mean pairwise agreement (Pearson and Spearman r of per-token log-probs) within each
+    size, within sizes pooled, across sizes, and within minus across, with CIs that resample
+    seeds AND windows (the Multi-Bootstrap of Sellam et al. 2022).
+
+    Each replicate draws windows with replacement (shared by every pair) and, within each
+    size, as many runs as the size has, with replacement; the group's statistic is the mean
+    over the pairs of distinct drawn runs (`stats.pair_replicate_mean`), so "within minus
+    across" has its CI from the same draws. With few seeds the percentile CI under-covers:
+    every row also carries the range of its pair values and a t-interval over per-run means
+    (`t_low`, `t_high`; NaN with < 3 runs). Spearman uses ranks taken once on all tokens.
+    Columns: group, method, value, ci_low, ci_high, t_low, t_high, pair_min, pair_max,
+    n_runs, n_pairs, n_tokens, n_boot.
+    """
+    import scipy.stats
+
+    from seedscope.stats import pair_replicate_mean, pearson_statistic, resample_runs_within
+    from seedscope.stats import t_interval as t_ci
+
+    shape = check_logprobs(logprobs)
+    runs = list(logprobs)
+    groups = seed_pairs(runs, sizes)
+    if not any(name.startswith("within") for name in groups):
+        raise SeedscopeError(
+            "No size has two seeds: seed agreement needs pairs of runs of one size.",
+            "include at least two runs of one size.",
+        )
+    valid = common_valid(logprobs)
+    n_tokens = int(valid.sum())
+    all_pairs = list(itertools.combinations(runs, 2))
+    index = {p: i for i, p in enumerate(all_pairs)}
+    pos = {r: i for i, r in enumerate(runs)}
+    rng = np.random.default_rng(seed)
+    weights = bootstrap_weights(shape[0], n_boot, int(rng.integers(2**31)))
+    counts = resample_runs_within(
+        [[pos[r] for r in g] for g in size_groups(runs, sizes).values()], len(runs), n_boot, rng
+    )
+    values = {r: np.asarray(logprobs[r], dtype=np.float64) for r in runs}
+    ranks = {}
+    for r in runs:
+        rk = np.zeros(shape)
+        rk[valid] = scipy.stats.rankdata(values[r][valid])
+        ranks[r] = rk
+    rows = []
+    alpha = (1 - ci) / 2
+    for method, arrays in (("pearson", values), ("spearman", ranks)):
+        moments = _moments_by_pair(arrays, valid, all_pairs)  # [n_pairs, n_windows, 6]
+        est = pearson_statistic(moments.sum(axis=1))  # [n_pairs]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            reps = pearson_statistic(np.einsum("bw,pwk->bpk", weights, moments))  # [B, P]
+        group_reps, group_est = {}, {}
+        for name, pairs in groups.items():
+            cols = [index[p] for p in pairs]
+            idx = [(pos[a], pos[b]) for a, b in pairs]
+            group_reps[name] = pair_replicate_mean(reps[:, cols], idx, counts)
+            group_est[name] = float(np.mean(est[cols]))
+            members = sorted({r for p in pairs for r in p}, key=pos.get)
+            per_run = [np.mean([est[index[p]] for p in pairs if r in p]) for r in members]
+            _, t_low, t_high = t_ci(per_run, ci) if len(members) >= 3 else (0, np.nan, np.nan)
+            rows.append(
+                _agreement_row(
+                    name,
+                    method,
+                    group_est[name],
+                    group_reps[name],
+                    alpha,
+                    t_low,
+                    t_high,
+                    est[cols],
+                    len(members),
+                    len(pairs),
+                    n_tokens,
+                    n_boot,
+                )
+            )
+        within = [n for n in groups if n.startswith("within")]
+        pooled_pairs = [p for n in within for p in groups[n]]
+        pooled_cols = [index[p] for p in pooled_pairs]
+        pooled_reps = pair_replicate_mean(
+            reps[:, pooled_cols], [(pos[a], pos[b]) for a, b in pooled_pairs], counts
+        )
+        pooled_est = float(np.mean(est[pooled_cols]))
+        if len(within) > 1:
+            members = sorted({r for p in pooled_pairs for r in p}, key=pos.get)
+            per_run = [np.mean([est[index[p]] for p in pooled_pairs if r in p]) for r in members]
+            _, t_low, t_high = t_ci(per_run, ci) if len(members) >= 3 else (0, np.nan, np.nan)
+            rows.append(
+                _agreement_row(
+                    "within sizes",
+                    method,
+                    pooled_est,
+                    pooled_reps,
+                    alpha,
+                    t_low,
+                    t_high,
+                    est[pooled_cols],
+                    len(members),
+                    len(pooled_pairs),
+                    n_tokens,
+                    n_boot,
+                )
+            )
+        if "across sizes" in groups:
+            across = groups["across sizes"]
+            per_run = []
+            for r in runs:
+                w = [est[index[p]] for p in pooled_pairs if r in p]
+                a = [est[index[p]] for p in across if r in p]
+                if w and a:
+                    per_run.append(np.mean(w) - np.mean(a))
+            _, t_low, t_high = t_ci(per_run, ci) if len(per_run) >= 3 else (0, np.nan, np.nan)
+            rows.append(
+                _agreement_row(
+                    "within minus across",
+                    method,
+                    pooled_est - group_est["across sizes"],
+                    pooled_reps - group_reps["across sizes"],
+                    alpha,
+                    t_low,
+                    t_high,
+                    np.asarray(per_run),
+                    len(per_run),
+                    len(pooled_pairs) + len(across),
+                    n_tokens,
+                    n_boot,
+                )
+            )
+    return pd.DataFrame(rows)
+
+
+def _agreement_row(
+    group: str,
+    method: str,
+    value: float,
+    reps: np.ndarray,
+    alpha: float,
+    t_low: float,
+    t_high: float,
+    pair_values: np.ndarray,
+    n_runs: int,
+    n_pairs: int,
+    n_tokens: int,
+    n_boot: int,
+) -> dict[str, object]:
+    finite = reps[np.isfinite(reps)]
+    low, high = (
+        np.percentile(finite, [100 * alpha, 100 * (1 - alpha)]) if finite.size else (np.nan,) * 2
+    )
+    pair_values = np.asarray(pair_values, dtype=np.float64)
+    return {
+        "group": group,
+        "method": method,
+        "value": float(value),
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "t_low": float(t_low),
+        "t_high": float(t_high),
+        "pair_min": float(pair_values.min()) if pair_values.size else np.nan,
+        "pair_max": float(pair_values.max()) if pair_values.size else np.nan,
+        "n_runs": int(n_runs),
+        "n_pairs": int(n_pairs),
+        "n_tokens": n_tokens,
+        "n_boot": n_boot,
+    }
+
+
+def loss_strata(logprobs: Mapping[str, np.ndarray], n_strata: int = 10) -> np.ndarray:
+    """Difficulty stratum of every token, int `[n_windows, window]`: the decile (for
+    n_strata=10) of its mean loss over runs; -1 where a token is not finite under every run."""
+    check_logprobs(logprobs)
+    valid = common_valid(logprobs)
+    mean_loss = -np.mean([np.asarray(v, dtype=np.float64) for v in logprobs.values()], axis=0)
+    out = np.full(valid.shape, -1, dtype=np.int64)
+    ranks = scipy.stats.rankdata(mean_loss[valid], method="average")
+    out[valid] = np.minimum((ranks - 1) * n_strata // valid.sum(), n_strata - 1).astype(np.int64)
+    return out
+
+
+def enrichment_bootstrap(
+    mask: np.ndarray,
+    meta: pd.DataFrame,
+    columns: Sequence[str],
+    strata: np.ndarray,
+    window_len: int,
+    n_boot: int = 200,
+    seed: int = 0,
+    ci: float = 0.95,
+    min_tokens: int = 10,
+    with_position: bool = True,
+) -> pd.DataFrame:
+    """Enrichment of the tokens in `mask` in every metadata category, with CIs that resample
+    whole windows (tokens of one window are not independent) and a difficulty-stratified
+    (Mantel-Haenszel) odds ratio beside the plain one.
+
+    mask, strata: `[n_windows, window]` (window-major like `meta`); strata from
+    `loss_strata` (-1 = not counted). Per window, stratum and category the 2x2 counts are
+    kept, so a replicate is a weighted sum of window counts. odds_ratio (Haldane +0.5 when a
+    cell is 0) and mh_odds_ratio get percentile CIs (ci_low/ci_high, mh_low/mh_high); p_value
+    tests log MH OR = 0 with its bootstrap SE (`stats.wald_p`); p_adjusted is Benjamini-
+    Hochberg over all rows. Categories with fewer than `min_tokens` tokens are left out.
+    Columns: feature, category, n_tokens, n_outliers, outlier_rate, odds_ratio, ci_low,
+    ci_high, mh_odds_ratio, mh_low, mh_high, p_value, p_adjusted; sorted by mh_low, high first.
+    Empty when the mask selects no token.
+    """
+    from seedscope.stats import wald_p
+
+    n_windows = np.size(mask) // window_len
+    check_meta(meta, n_windows * window_len, columns)
+    mask = np.asarray(mask, dtype=bool).ravel()
+    strata = np.asarray(strata, dtype=np.int64).ravel()
+    keep = strata >= 0
+    cols = [
+        "feature",
+        "category",
+        "n_tokens",
+        "n_outliers",
+        "outlier_rate",
+        "odds_ratio",
+        "ci_low",
+        "ci_high",
+        "mh_odds_ratio",
+        "mh_low",
+        "mh_high",
+        "p_value",
+        "p_adjusted",
+    ]
+    if not (mask & keep).any():
+        return pd.DataFrame(columns=cols)
+    n_strata = int(strata.max()) + 1
+    win = np.repeat(np.arange(n_windows), window_len)
+    weights = bootstrap_weights(n_windows, n_boot, seed)
+    alpha = (1 - ci) / 2
+    # Per (window, stratum): all tokens and outliers.
+    ws = win[keep] * n_strata + strata[keep]
+    tot_ws = np.bincount(ws, minlength=n_windows * n_strata).reshape(n_windows, n_strata)
+    out_ws = np.bincount(ws, weights=mask[keep], minlength=n_windows * n_strata).reshape(
+        n_windows, n_strata
+    )
+    rows = []
+    for feature, codes, labels in _features(meta, columns, window_len, with_position):
+        n_cat = len(labels)
+        key = ws * n_cat + codes[keep]
+        size = n_windows * n_strata * n_cat
+        n_wsj = np.bincount(key, minlength=size).reshape(n_windows, n_strata * n_cat)
+        a_wsj = np.bincount(key, weights=mask[keep], minlength=size).reshape(n_windows, -1)
+        use = np.flatnonzero(n_wsj.reshape(n_windows, n_strata, n_cat).sum((0, 1)) >= min_tokens)
+        if use.size == 0:
+            continue
+
+        shape = (n_strata, n_cat)
+        a, n_in = a_wsj.sum(0).reshape(shape), n_wsj.sum(0).reshape(shape)
+        plain, mh = _odds_ratios(a, n_in, out_ws.sum(0)[:, None], tot_ws.sum(0)[:, None])
+        rep_plain, rep_mh = _odds_ratios(
+            (weights @ a_wsj).reshape(n_boot, *shape),
+            (weights @ n_wsj).reshape(n_boot, *shape),
+            (weights @ out_ws)[..., None],
+            (weights @ tot_ws)[..., None],
+        )
+        with np.errstate(divide="ignore"):
+            log_mh, log_rep = np.log(mh), np.log(rep_mh)
+        log_rep = np.where(np.isfinite(log_rep), log_rep, np.nan)
+        p = wald_p(log_mh, log_rep)
+        qs = [100 * alpha, 100 * (1 - alpha)]
+        lo_p, hi_p = quiet_nan(np.nanpercentile, rep_plain, qs, axis=0)
+        lo_m, hi_m = quiet_nan(np.nanpercentile, rep_mh, qs, axis=0)
+        n_tok, n_out = n_in.sum(0), a.sum(0)
+        for j in use:
+            rows.append(
+                {
+                    "feature": feature,
+                    "category": labels[j],
+                    "n_tokens": int(n_tok[j]),
+                    "n_outliers": int(n_out[j]),
+                    "outlier_rate": float(n_out[j] / n_tok[j]),
+                    "odds_ratio": float(plain[j]),
+                    "ci_low": float(lo_p[j]),
+                    "ci_high": float(hi_p[j]),
+                    "mh_odds_ratio": float(mh[j]),
+                    "mh_low": float(lo_m[j]),
+                    "mh_high": float(hi_m[j]),
+                    "p_value": float(p[j]),
+                }
+            )
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return pd.DataFrame(columns=cols)
+    table["p_adjusted"] = bh_adjust(table["p_value"].to_numpy())
+    return table.sort_values(
+        ["mh_low", "mh_odds_ratio"], ascending=[False, False], ignore_index=True, na_position="last"
+    )[cols]
+
+
+def _odds_ratios(
+    a: np.ndarray, n_in: np.ndarray, out: np.ndarray, tot: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Plain (Haldane-corrected when a cell is 0) and Mantel-Haenszel odds ratios from
+    per-stratum counts `[..., n_strata, n_cat]`: a = outliers in the category, n_in = tokens
+    in it, out / tot = outliers / tokens of the stratum (broadcast over categories)."""
+    b, c = n_in - a, out - a
+    d = tot - n_in - c
+    strata = np.stack(np.broadcast_arrays(a, b, c, d))
+    # Haldane (+0.5) on the strata with a zero cell that hold tokens of both kinds
+    fix = np.any(strata == 0, axis=0) & (n_in > 0) & (tot - n_in > 0)
+    sa, sb, sc, sd = np.where(fix, strata + 0.5, strata)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        n_s = sa + sb + sc + sd
+        mh = (sa * sd / n_s).sum(-2) / (sb * sc / n_s).sum(-2)
+    cells = np.stack([x.sum(-2) for x in (a, b, c, d)])
+    cells = np.where(np.any(cells == 0, axis=0), cells + 0.5, cells)
+    return cells[0] * cells[3] / (cells[1] * cells[2]), mh
+
+
+def enrichment_headline(
+    table: pd.DataFrame, min_tokens: int, alpha: float = 0.05
+) -> pd.Series | None:
+    """The headline enrichment: among rows BH-significant at `alpha` with >= `min_tokens`
+    tokens and an odds ratio above 1, the one with the largest lower CI bound of the
+    stratified (MH) odds ratio — not the largest point estimate of a tiny category. None when
+    no row qualifies."""
+    if table.empty:
+        return None
+    ok = table[
+        (table["p_adjusted"] < alpha)
+        & (table["n_tokens"] >= min_tokens)
+        & (table["mh_odds_ratio"] > 1)
+        & np.isfinite(table["mh_low"])
+    ]
+    if ok.empty:
+        return None
+    return ok.sort_values(["mh_low", "n_tokens"], ascending=[False, False]).iloc[0]
+
+
+# --------------------------------------------------------------------------- analysis 2, seeds
+
+_STATUSES = ("closed", "shrank", "persisted", "grew")
+
+
+def gap_change(
+    logprobs_mid: Mapping[str, np.ndarray],
+    logprobs_final: Mapping[str, np.ndarray],
+    meta: pd.DataFrame,
+    columns: Sequence[str],
+    pairs: Sequence[tuple[str, str]],
+    margin: float,
+    alpha: float = 0.05,
+    n_boot: int = 1000,
+    seed: int = 0,
+    min_windows: int = 5,
+    sizes: Mapping[str, str] | None = None,
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Do capability gaps present at mid-training close by the end? Closed means "equivalent
+    to no gap", never "no longer significant".
+
+    Per pair and metadata category, the gap = mean log-prob of run a minus run b at the mid
+    and at the final step, bootstrapped on the SAME resampled windows (paired). At each step
+    every gap is tested (`stats.wald_p`) and Benjamini-Hochberg controls the FDR at `alpha`
+    over all tests of that step. For each gap significant at mid:
+    - closed: the final gap's (1 - 2 alpha) CI lies inside (-margin, +margin) nats (TOST);
+    - else shrank / grew: the CI of the change |gap_final| - |gap_mid| lies below / above 0;
+    - else persisted.
+    fraction_closed gets a CI that resamples windows and runs (runs within their size when
+    `sizes` is given): in each replicate every gap is re-classified from its replicate values
+    (the step's BH cut-off and SEs held fixed) and the fraction is taken over the gaps of the
+    pairs among the drawn runs. Returns (one row per significant-at-mid gap, summary).
+    """
+    from seedscope.stats import pair_replicate_mean, resample_runs_within, wald_p
+
+    if margin <= 0:
+        raise SeedscopeError(f"margin={margin} must be positive.", "use e.g. 0.02 (nats).")
+    shape = check_logprobs(logprobs_mid)
+    if check_logprobs(logprobs_final) != shape or set(logprobs_mid) != set(logprobs_final):
+        raise SeedscopeError(
+            "Mid and final log-probs cover different runs or eval windows.",
+            "load both steps for the same runs on the same eval set.",
+        )
+    check_meta(meta, shape[0] * shape[1], columns)
+    runs = list(logprobs_mid)
+    pair_list = _pairs(runs, pairs)
+    n_windows, window_len = shape
+    rng = np.random.default_rng(seed)
+    weights = bootstrap_weights(n_windows, n_boot, int(rng.integers(2**31)))
+    features = _features(meta, columns, window_len, False)
+    win = np.repeat(np.arange(n_windows), window_len)
+    keys, est, reps, n_tok, n_win = [], [], [], [], []
+    for a, b in pair_list:
+        per_step = []
+        for lp in (logprobs_mid, logprobs_final):
+            x = np.asarray(lp[a], dtype=np.float64).ravel()
+            y = np.asarray(lp[b], dtype=np.float64).ravel()
+            per_step.append((x - y, np.isfinite(x) & np.isfinite(y)))
+        keep = per_step[0][1] & per_step[1][1]
+        for feature, codes, labels in features:
+            n_cat = len(labels)
+            key = win[keep] * n_cat + codes[keep]
+
+            def per(wts: np.ndarray | None, key: np.ndarray = key, n_cat: int = n_cat):
+                return np.bincount(key, weights=wts, minlength=n_windows * n_cat).reshape(
+                    n_windows, n_cat
+                )
+
+            counts = per(None)
+            sums = np.stack([per(d[keep]) for d, _ in per_step])  # [2, n_windows, n_cat]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                point = sums.sum(1) / counts.sum(0)  # [2, n_cat]
+                rep = (weights @ sums) / (weights @ counts)  # [2, B, n_cat]
+            for j in np.flatnonzero(counts.sum(0) > 0):
+                keys.append((a, b, feature, labels[j]))
+                est.append(point[:, j])
+                reps.append(rep[:, :, j])
+                n_tok.append(int(counts[:, j].sum()))
+                n_win.append(int((counts[:, j] > 0).sum()))
+    est_arr = np.asarray(est, dtype=np.float64).T  # [2, G]
+    rep_arr = np.moveaxis(np.asarray(reps, dtype=np.float64), 0, -1)  # [2, B, G]
+    enough = np.asarray(n_win) >= min_windows
+    se = quiet_nan(np.nanstd, rep_arr, axis=1, ddof=1)  # [2, G]
+    p = np.stack([wald_p(est_arr[s], rep_arr[s]) for s in range(2)])
+    p_adj = np.stack([bh_adjust(np.where(enough, p[s], np.nan)) for s in range(2)])
+    sig = (p_adj < alpha) & enough
+    z_tost = float(scipy.stats.norm.ppf(1 - alpha))
+    fin_low = est_arr[1] - z_tost * se[1]
+    fin_high = est_arr[1] + z_tost * se[1]
+    closed = (fin_low > -margin) & (fin_high < margin)
+    change = np.abs(est_arr[1]) - np.abs(est_arr[0])
+    change_reps = np.abs(rep_arr[1]) - np.abs(rep_arr[0])
+    qs = [100 * alpha / 2, 100 * (1 - alpha / 2)]
+    ch_low, ch_high = quiet_nan(np.nanpercentile, change_reps, qs, axis=0)
+    status = np.where(
+        closed, "closed", np.where(ch_high < 0, "shrank", np.where(ch_low > 0, "grew", "persisted"))
+    )
+    table = pd.DataFrame(keys, columns=_GAP_KEY).assign(
+        n_tokens=n_tok,
+        n_windows=n_win,
+        gap_mid=est_arr[0],
+        p_mid_adjusted=p_adj[0],
+        gap_final=est_arr[1],
+        final_low=fin_low,
+        final_high=fin_high,
+        p_final_adjusted=p_adj[1],
+        significant_final=sig[1],
+        change=change,
+        change_low=ch_low,
+        change_high=ch_high,
+        status=status,
+    )
+    mid_sig = sig[0]
+    table = table[mid_sig].reset_index(drop=True)
+
+    # Replicates re-classified with the step's BH cut-off and the SEs held fixed.
+    # (the cut-off as the smallest |z| BH called significant: p-values underflow to 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z_obs = np.abs(est_arr[0]) / se[0]
+        z_cut = float(np.nanmin(np.where(mid_sig, z_obs, np.nan))) if mid_sig.any() else np.inf
+        sig_b = (np.abs(rep_arr[0]) >= z_cut * se[0]) & enough  # [B, G]
+    closed_b = (np.abs(rep_arr[1]) + z_tost * se[1]) < margin
+    pos = {r: i for i, r in enumerate(runs)}
+    pair_of_gap = np.asarray([pair_list.index((k[0], k[1])) for k in keys], dtype=np.int64)
+    groups = (
+        [[pos[r] for r in g] for g in size_groups(runs, sizes).values()]
+        if sizes is not None
+        else [list(range(len(runs)))]
+    )
+    counts_b = resample_runs_within(groups, len(runs), n_boot, rng)
+    n_pairs = len(pair_list)
+    sig_pair = np.zeros((n_boot, n_pairs))
+    closed_pair = np.zeros((n_boot, n_pairs))
+    np.add.at(sig_pair.T, pair_of_gap, sig_b.T.astype(np.float64))
+    np.add.at(closed_pair.T, pair_of_gap, (sig_b & closed_b).T.astype(np.float64))
+    idx = [(pos[a], pos[b]) for a, b in pair_list]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac_b = pair_replicate_mean(closed_pair, idx, counts_b) / pair_replicate_mean(
+            sig_pair, idx, counts_b
+        )
+    n = len(table)
+    counts_status = table["status"].value_counts()
+    frac = float(counts_status.get("closed", 0)) / n if n else np.nan
+    finite = frac_b[np.isfinite(frac_b)]
+    low, high = (
+        np.percentile(finite, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+        if n and finite.size
+        else (np.nan, np.nan)
+    )
+    summary = {
+        "n_tests": int(enough.sum()),
+        "n_significant_mid": n,
+        **{f"n_{s}": int(counts_status.get(s, 0)) for s in _STATUSES},
+        "n_significant_final": int(sig[1].sum()),
+        "fraction_closed": frac,
+        "fraction_closed_low": float(low),
+        "fraction_closed_high": float(high),
+        "alpha": float(alpha),
+        "margin": float(margin),
+    }
+    return table, summary

@@ -479,3 +479,254 @@ def explained_variance_ci(
             "ci_high": high[:m],
         }
     )
+
+
+# --------------------------------------------------------------------------- seeds, tested
+# The raw matrix mixes shared difficulty, size and seed; the seed question is asked of the
+# matrix with each token's mean over the seeds of its size removed ("centred within size").
+# A component is described in words only if it beats a permutation null (parallel analysis)
+# and its spread is above a floor in nats.
+
+
+def loss_matrix_within_size(
+    logprobs: Mapping[str, np.ndarray], sizes: Mapping[str, str]
+) -> LossMatrix:
+    """Tokens x runs of losses centred within size: per token, the mean loss of the seeds of
+    the run's size is subtracted (sizes with one seed are dropped). What is left differs
+    between seeds only; its columns of one size sum to zero per token."""
+    groups: dict[str, list[str]] = {}
+    for run in logprobs:
+        groups.setdefault(str(sizes[run]), []).append(run)
+    keep = [r for g in groups.values() if len(g) >= 2 for r in g]
+    if len(keep) < 2:
+        raise SeedscopeError(
+            "No size has two seeds, so there is no within-size (seed) matrix.",
+            "include at least two runs of one size.",
+        )
+    matrix = loss_matrix({r: logprobs[r] for r in keep})
+    values = matrix.values.astype(np.float64)
+    for members in groups.values():
+        cols = [keep.index(r) for r in members if r in keep]
+        if len(cols) >= 2:
+            values[:, cols] -= values[:, cols].mean(axis=1, keepdims=True)
+    return LossMatrix(
+        values=values.astype(np.float32),
+        token_index=matrix.token_index,
+        labels=matrix.labels,
+        runs=matrix.runs,
+        steps=matrix.steps,
+        column_means=matrix.column_means,
+        window_len=matrix.window_len,
+        n_eval_tokens=matrix.n_eval_tokens,
+    )
+
+
+def _eig(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (descending, >= 0) and eigenvectors (columns) of the column covariance."""
+    x = np.asarray(values, dtype=np.float64)
+    x = x - x.mean(axis=0)
+    cov = x.T @ x / max(x.shape[0] - 1, 1)
+    eig, vec = np.linalg.eigh(cov)
+    return np.maximum(eig[::-1], 0.0), vec[:, ::-1]
+
+
+def permute_within_rows(
+    values: np.ndarray, groups: Sequence[Sequence[int]], rng: np.random.Generator
+) -> np.ndarray:
+    """Shuffle each row's values among the columns of each group (runs exchangeable per
+    token): keeps every token's spread and any structure shared by all runs of a group,
+    destroys any consistent split of the runs."""
+    out = np.array(values, dtype=np.float64, copy=True)
+    for group in groups:
+        cols = np.asarray(group, dtype=np.int64)
+        if cols.size < 2:
+            continue
+        order = np.argsort(rng.random((out.shape[0], cols.size)), axis=1)
+        out[:, cols] = np.take_along_axis(out[:, cols], order, axis=1)
+    return out
+
+
+def parallel_analysis(
+    values: np.ndarray,
+    groups: Sequence[Sequence[int]] | None = None,
+    n_permutations: int = 19,
+    seed: int = 0,
+    alpha: float = 0.05,
+    max_tokens: int = 200_000,
+) -> pd.DataFrame:
+    """Which components have more variance than under a permutation null (Horn's parallel
+    analysis)?
+
+    values: `[n_tokens, n_columns]`. Null: `groups=None` shuffles every column's tokens
+    independently (no shared structure at all, the classic test); with `groups` (lists of
+    column indices), each token's values are permuted among the columns of each group
+    (`permute_within_rows`: the columns of a group are exchangeable). Component k passes when
+    its eigenvalue exceeds the k-th eigenvalue of the null data with p = (1 + #null >= real) /
+    (n_permutations + 1) <= alpha. At most `max_tokens` rows (seeded subsample) are used.
+    Columns: component, eigenvalue, null_max, p_value, passes.
+    """
+    rng = np.random.default_rng(seed)
+    x = np.asarray(values, dtype=np.float64)
+    if x.shape[0] > max_tokens:
+        x = x[np.sort(rng.choice(x.shape[0], max_tokens, replace=False))]
+    real, _ = _eig(x)
+    null = np.empty((n_permutations, real.size))
+    for i in range(n_permutations):
+        if groups is None:
+            perm = np.column_stack([rng.permutation(x[:, j]) for j in range(x.shape[1])])
+        else:
+            perm = permute_within_rows(x, groups, rng)
+        null[i] = _eig(perm)[0]
+    # A tolerance on ties: identical data (all-zero residuals) must not "beat" its own null.
+    tol = 1e-9 * max(float(real.max()), 1e-300)
+    exceed = (null >= real[None, :] - tol).sum(axis=0)
+    p = (1 + exceed) / (n_permutations + 1)
+    return pd.DataFrame(
+        {
+            "component": [f"PC{i + 1}" for i in range(real.size)],
+            "eigenvalue": real,
+            "null_max": null.max(axis=0),
+            "p_value": p,
+            "passes": p <= alpha,
+        }
+    )
+
+
+def _principal_angle(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest principal angle (degrees) between the column spaces of a and b."""
+    import scipy.linalg
+
+    return float(np.degrees(scipy.linalg.subspace_angles(a, b).max()))
+
+
+def subspace_stability(
+    matrix: LossMatrix,
+    n_described: int,
+    seeds: Mapping[str, int],
+    sizes: Mapping[str, str],
+    raw: Mapping[str, np.ndarray],
+    n_boot: int = 200,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """How stable is the subspace of the first `n_described` components of a within-size
+    matrix? Largest principal angle (degrees) to the full-data subspace:
+    - leave one seed out: drop the runs with that seed (in every size), re-centre within
+      size, refit; the full loadings are restricted to the kept columns;
+    - window bootstrap: covariances from resampled windows (per-window moment sums).
+    Rows: kind ('leave-one-seed-out' | 'bootstrap'), left_out (seed or replicate), angle_deg.
+    Empty when nothing is described.
+    """
+    from seedscope.stats import bootstrap_weights
+
+    if n_described < 1:
+        return pd.DataFrame(columns=["kind", "left_out", "angle_deg"])
+    _, vec = _eig(matrix.values)
+    basis = vec[:, :n_described]
+    rows = []
+    for s in sorted({int(seeds[r]) for r in matrix.runs}):
+        kept = [r for r in matrix.runs if int(seeds[r]) != s]
+        per_size: dict[str, int] = {}
+        for r in kept:
+            per_size[sizes[r]] = per_size.get(sizes[r], 0) + 1
+        kept = [r for r in kept if per_size[sizes[r]] >= 2]
+        if len(kept) <= n_described:
+            continue
+        sub = loss_matrix_within_size({r: raw[r] for r in kept}, sizes)
+        _, sub_vec = _eig(sub.values)
+        cols = [matrix.runs.index(r) for r in sub.runs]
+        restricted, _ = np.linalg.qr(basis[cols])
+        rows.append(
+            {
+                "kind": "leave-one-seed-out",
+                "left_out": s,
+                "angle_deg": _principal_angle(restricted, sub_vec[:, :n_described]),
+            }
+        )
+    x = matrix.values.astype(np.float64)
+    windows = matrix.token_index // matrix.window_len
+    n_windows = int(matrix.n_eval_tokens // matrix.window_len)
+    k = x.shape[1]
+    counts = np.bincount(windows, minlength=n_windows).astype(np.float64)
+    sums = np.stack([np.bincount(windows, x[:, i], n_windows) for i in range(k)], axis=1)
+    outer = np.empty((n_windows, k, k))
+    for i in range(k):
+        for j in range(i, k):
+            outer[:, i, j] = outer[:, j, i] = np.bincount(windows, x[:, i] * x[:, j], n_windows)
+    w = bootstrap_weights(n_windows, n_boot, seed)
+    n, s_, o = w @ counts, w @ sums, np.einsum("bw,wij->bij", w, outer)
+    mean = s_ / n[:, None]
+    cov = o / n[:, None, None] - mean[:, :, None] * mean[:, None, :]
+    _, vecs = np.linalg.eigh(cov)
+    for b in range(n_boot):
+        rows.append(
+            {
+                "kind": "bootstrap",
+                "left_out": b,
+                "angle_deg": _principal_angle(basis, vecs[b][:, ::-1][:, :n_described]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def seed_components(
+    matrix: LossMatrix,
+    groups: Sequence[Sequence[int]] | None,
+    n_permutations: int = 19,
+    seed: int = 0,
+    alpha: float = 0.05,
+    min_sd: float = 0.01,
+    first_groups: Sequence[Sequence[int]] | None = None,
+    test_first_separately: bool = False,
+) -> pd.DataFrame:
+    """Eigen-decomposition of a loss matrix with, per component: explained-variance ratio,
+    sd of its scores (nats), parallel-analysis p-value, and `described` = passes the
+    permutation null AND sd >= `min_sd` nats. With `test_first_separately` (the raw view),
+    PC1 is tested against column shuffling (is there shared difficulty at all?) and later
+    components against `groups` (runs exchangeable per token). Columns: component,
+    eigenvalue, ratio, sd, p_value, described. A zero-variance matrix describes nothing.
+    """
+    real, _ = _eig(matrix.values)
+    total = float(real.sum())
+    test = parallel_analysis(matrix.values, groups, n_permutations, seed, alpha)
+    if test_first_separately:
+        first = parallel_analysis(matrix.values, None, n_permutations, seed + 1, alpha)
+        test.loc[0, ["p_value", "passes"]] = first.loc[0, ["p_value", "passes"]]
+    sd = np.sqrt(real)
+    ratio = real / total if total > 0 else np.zeros_like(real)
+    return pd.DataFrame(
+        {
+            "component": [f"PC{i + 1}" for i in range(real.size)],
+            "eigenvalue": real,
+            "ratio": ratio,
+            "sd": sd,
+            "p_value": test["p_value"].to_numpy(),
+            "described": test["passes"].to_numpy() & (sd >= min_sd),
+        }
+    )
+
+
+def seed_component_lines(
+    components: pd.DataFrame,
+    matrix: LossMatrix,
+    labels: Mapping[str, str] | None = None,
+    sizes: Mapping[str, str] | None = None,
+    n_show: int = 3,
+) -> list[str]:
+    """Plain words per component of `seed_components`: described ones from their loadings
+    (`describe_loadings`), the others as 'no structure beyond noise' with the test's p."""
+    _, vec = _eig(matrix.values)
+    lines = []
+    for c, row in components.head(n_show).iterrows():
+        head = f"{row['component']}: "
+        tail = (
+            f", {row['ratio']:.3f} of variance (sd {row['sd']:.3g} nats, p = {row['p_value']:.2g})"
+        )
+        if not row["described"]:
+            lines.append(head + "no structure beyond noise" + tail)
+            continue
+        load = pd.Series(vec[:, c], index=matrix.labels)
+        if load.sum() < 0:
+            load = -load
+        text = describe_loadings(load, matrix.runs, matrix.steps, sizes, labels)
+        lines.append(head + text + tail)
+    return lines

@@ -345,3 +345,84 @@ def proportion_ci(k: int, n: int, ci: float = 0.95) -> tuple[float, float, float
         confidence_level=ci, method="wilson"
     )
     return k / n, float(interval.low), float(interval.high)
+
+
+# --------------------------------------------------------------------------- seeds as samples
+
+
+def t_interval(
+    values: np.ndarray | Sequence[float], ci: float = 0.95
+) -> tuple[float, float, float]:
+    """Mean of per-seed values with a Student-t CI (NaN bounds with fewer than 2 values).
+
+    With 5 seeds a percentile bootstrap over seeds under-covers (it cannot see beyond the 5
+    values drawn); the t-interval is the textbook small-sample alternative.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return np.nan, np.nan, np.nan
+    mean = float(x.mean())
+    if x.size < 2:
+        return mean, np.nan, np.nan
+    half = float(scipy.stats.t.ppf(0.5 + ci / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size))
+    return mean, mean - half, mean + half
+
+
+def resample_runs_within(
+    groups: Sequence[Sequence[int]], n_runs: int, n_boot: int, rng: np.random.Generator
+) -> np.ndarray:
+    """How often each run is drawn per replicate, `[n_boot, n_runs]`: every group (the runs of
+    one size) draws as many runs as it has, with replacement, from itself only."""
+    counts = np.zeros((n_boot, n_runs), dtype=np.float64)
+    rows = np.arange(n_boot)[:, None]
+    for group in groups:
+        members = np.asarray(group, dtype=np.int64)
+        if members.size == 0:
+            continue
+        picks = members[rng.integers(0, members.size, size=(n_boot, members.size))]
+        np.add.at(counts, (np.broadcast_to(rows, picks.shape), picks), 1.0)
+    return counts
+
+
+def pair_replicate_mean(
+    pair_replicates: np.ndarray, pairs: Sequence[tuple[int, int]], run_counts: np.ndarray
+) -> np.ndarray:
+    """Mean of a pair statistic over the pairs among the runs drawn in each replicate.
+
+    pair_replicates: `[n_boot, n_pairs]` (the statistic of each pair of distinct runs on the
+    replicate's windows); run_counts: `[n_boot, n_runs]` from `resample_runs_within`. A pair
+    (i, j) weighs count_i * count_j; a run drawn twice is never paired with itself (its
+    "agreement with itself" is not a seed pair). A replicate with no such pair is NaN.
+    """
+    idx = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    weights = run_counts[:, idx[:, 0]] * run_counts[:, idx[:, 1]]
+    total = weights.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, (weights * pair_replicates).sum(axis=1) / total, np.nan)
+
+
+def wald_p(estimate: np.ndarray, replicates: np.ndarray) -> np.ndarray:
+    """Two-sided p of estimate = 0 from its bootstrap standard error (normal approximation).
+
+    Continuous p-values (a percentile p from 200 replicates cannot go below 1/200, too coarse
+    for Benjamini-Hochberg over thousands of tests). A zero estimate with a zero SE (identical
+    runs) gets p = 1; a non-zero one p = 0.
+    """
+    est = np.asarray(estimate, dtype=np.float64)
+    se = quiet_nan(np.nanstd, np.asarray(replicates, dtype=np.float64), axis=0, ddof=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = np.abs(est) / se
+    p = 2 * scipy.stats.norm.sf(z)
+    p = np.where(se > 0, p, np.where(est == 0, 1.0, 0.0))
+    return np.where(np.isfinite(est), p, np.nan)
+
+
+def quiet_nan(func: Callable[..., np.ndarray], *args: object, **kwargs: object) -> np.ndarray:
+    """Call a numpy nan-function (nanstd, nanpercentile...) without its all-NaN-slice warnings:
+    an empty category's statistic is NaN by design."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return func(*args, **kwargs)
