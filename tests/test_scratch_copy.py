@@ -46,13 +46,14 @@ def test_copy_of_a_checkout_that_ran_holds_no_outputs(tmp_path):
     (checkout / SOURCE_RECORD).unlink()
     _git(checkout, "add", "-A")
     _git(checkout, "commit", "-qm", "sources")
+    sources_commit = _git(checkout, "rev-parse", "HEAD")
     # ...where a run has finished: outputs on disk, some published (committed) ...
     for rel, text in RUN_OUTPUTS.items():
         (checkout / rel).parent.mkdir(parents=True, exist_ok=True)
         (checkout / rel).write_text(text)
     _git(checkout, "add", "-f", "dvc.lock", "metrics/loss_pca.json")
     _git(checkout, "commit", "-qm", "published results")
-    head = _git(checkout, "rev-parse", "HEAD")
+    assert _git(checkout, "rev-parse", "HEAD") != sources_commit
     # ... plus work in progress: an untracked module (copied) and an untracked scrap (not).
     (checkout / "src/seedscope/new_analysis.py").write_text('"""A new analysis."""\n')
     (checkout / "scrap.txt").write_text("notes\n")
@@ -78,8 +79,10 @@ def test_copy_of_a_checkout_that_ran_holds_no_outputs(tmp_path):
     assert "src/seedscope/new_analysis.py" in files
     assert "scrap.txt" not in files
     assert (copy / "params.yaml").read_text() == (checkout / "profiles/smoke.yaml").read_text()
-    # the copy has no history of its own; its provenance names the commit it came from
-    assert json.loads((copy / SOURCE_RECORD).read_text())["git_commit"].startswith(head)
+    # the copy has no history of its own; its provenance names the commit its sources came
+    # from: the last one that changed them (publishing results does not), without "+dirty"
+    # (untracked work-in-progress files do not count as changes to committed sources)
+    assert json.loads((copy / SOURCE_RECORD).read_text())["git_commit"] == sources_commit
     commit = subprocess.run(
         [sys.executable, "-c", "from seedscope.provenance import git_commit; print(git_commit())"],
         env={**os.environ, "SEEDSCOPE_ROOT": str(copy)},
@@ -87,7 +90,7 @@ def test_copy_of_a_checkout_that_ran_holds_no_outputs(tmp_path):
         text=True,
         check=True,
     ).stdout.strip()
-    assert commit.startswith(head), commit
+    assert commit == sources_commit
 
 
 def test_source_files_of_this_checkout_exclude_outputs():
@@ -96,3 +99,35 @@ def test_source_files_of_this_checkout_exclude_outputs():
     for rel in source_files(root):
         assert not any(rel == o or rel.startswith(o + "/") for o in outputs), rel
         assert not rel.startswith(("results/", "figures/", "reports/")), rel
+
+
+def test_provenance_commit_follows_sources_not_results(tmp_path):
+    checkout = scratch_copy(tmp_path / "checkout")
+    _git(checkout, "add", "-A")
+    _git(checkout, "commit", "-qm", "sources")
+    sources_commit = _git(checkout, "rev-parse", "HEAD")
+
+    def commit_of_checkout() -> str:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from seedscope.provenance import git_commit; print(git_commit())",
+            ],
+            env={**os.environ, "SEEDSCOPE_ROOT": str(checkout)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+
+    (checkout / "metrics").mkdir(exist_ok=True)
+    (checkout / "metrics/loss_pca.json").write_text('{"n": 1}\n')
+    (checkout / "tests/test_extra.py").write_text('"""More tests."""\n')
+    _git(checkout, "add", "-f", "metrics/loss_pca.json", "tests/test_extra.py")
+    _git(checkout, "commit", "-qm", "published results and a test")
+    assert commit_of_checkout() == sources_commit
+    with (checkout / "src/seedscope/pca.py").open("a") as f:
+        f.write("\n# an edit\n")
+    assert commit_of_checkout() == sources_commit + "+dirty"
+    _git(checkout, "commit", "-qam", "an analysis change")
+    assert commit_of_checkout() == _git(checkout, "rev-parse", "HEAD")

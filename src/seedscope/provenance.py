@@ -14,20 +14,39 @@ from seedscope.paths import project_root
 # (the copy is a fresh git repo with no history of its own).
 SOURCE_RECORD = ".seedscope-source.json"
 
+# What the pipeline's outputs depend on: code, notebooks, parameters and pinned packages.
+OUTPUT_SOURCES = (
+    "src",
+    "notebooks",
+    "params.yaml",
+    "dvc.yaml",
+    "profiles",
+    "pyproject.toml",
+    "environment.yml",
+)
+
 PACKAGES = ("seedscope", "torch", "transformers", "tokenizers", "huggingface_hub", "numpy")
 
 
 @cache
 def git_commit() -> str:
-    """The checkout's commit (with `+dirty` when files differ); in a scratch copy, the commit
-    its sources were copied from; 'unknown' only when neither exists."""
+    """The last commit that changed what the pipeline's outputs depend on (`OUTPUT_SOURCES`;
+    with `+dirty` when those files differ from it), so a commit that only publishes results
+    or edits tests keeps the same provenance; in a scratch copy, the commit its sources were
+    copied from; 'unknown' only when neither exists."""
     root = str(project_root())
     try:
         sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+            ["git", "log", "-1", "--format=%H", "--", *OUTPUT_SOURCES],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
+        if not sha:  # no commit yet (a scratch copy): the record of where it came from
+            return _recorded_commit()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", "src", "notebooks"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", *OUTPUT_SOURCES],
             cwd=root,
             capture_output=True,
             text=True,
