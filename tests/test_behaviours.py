@@ -401,13 +401,18 @@ def test_summed_and_per_token_scoring_disagree_on_a_hand_built_item():
         assert bool(frame.loc[0, "correct_summed"]) is False
     assert per_token.loc[0, "margin"] == pytest.approx(0.6 - 1.4 / 3, abs=1e-5)
     assert summed.loc[0, "margin"] == pytest.approx(-0.2, abs=1e-5)
-    cmp = bh.scoring_comparison(per_token.assign(run="r", step=0))
-    assert cmp.loc[0, "disagree"] == 1.0
+    # with an equal-length item (' z' -0.9 vs ' x' -1.0 after the space) both are right
+    both = bh.score_items(model, tok, [item, bh.ProbeItem("memorised", "ab", " z", (" x",))])
+    assert both["correct_summed"].tolist() == [False, True]
+    assert both["correct_per_token"].tolist() == [True, True]
+    cmp = bh.scoring_comparison(both.assign(run="r", step=0))
+    assert cmp.loc[0, "disagree"] == 0.5
+    assert cmp.loc[0, "n_equal_lengths"] == 1 and cmp.loc[0, "accuracy_equal_lengths"] == 1.0
     assert cmp.loc[0, "accuracy_summed_longest"] == 0.0
     assert cmp.loc[0, "accuracy_per_token_longest"] == 1.0
     assert np.isnan(cmp.loc[0, "accuracy_summed_shortest"])
     text = bh.scoring_sentence(cmp, "per_token")
-    assert "per-token-normalised" in text and "disagree on 100%" in text
+    assert "per-token-normalised" in text and "disagree on 50%" in text
 
 
 def test_english_items_share_clusters_by_entity_and_acronym():

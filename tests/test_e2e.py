@@ -64,8 +64,15 @@ def test_headline_metrics_are_sane(smoke_project):
     conv = _metrics(smoke_project, "convergence")
     assert 0 <= conv["fraction_gaps_closed"].get("value", 0) <= 1
     beh = _metrics(smoke_project, "behaviours")
-    accs = [v["value"] for k, v in beh.items() if k.endswith("_final_accuracy")]
-    assert len(accs) == 9 and all(0 <= a <= 1 for a in accs)
+    from seedscope.stage_params import BEHAVIOURS
+
+    for behaviour in BEHAVIOURS:
+        for size in ("small", "medium"):  # per size, never pooled
+            entry = beh[f"{behaviour}_final_score_{size}"]
+            assert {"value", "ci_low", "ci_high"} <= set(entry), (behaviour, size)
+            assert entry["ci_low"] <= entry["ci_high"]
+            assert beh[f"{behaviour}_emerged_runs_{size}"]["value"] in (0, 1, 2)
+    assert beh["final_score_seed_sd"]["value"] >= 0
     traj = _metrics(smoke_project, "trajectories")
     assert -1 <= traj["s_fraction_difference"]["value"] <= 1
     ind = _metrics(smoke_project, "induction")

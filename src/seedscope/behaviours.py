@@ -1319,14 +1319,16 @@ def scoring_comparison(item_scores: pd.DataFrame) -> pd.DataFrame:
     """Summed vs per-token scoring, per behaviour x step (pooled over runs): accuracy under
     each, the fraction of items on which the two disagree, and each one's accuracy on items
     whose correct option is strictly the shortest in tokens vs strictly the longest (a
-    length-biased score is high on the first and low on the second; unequal option lengths
-    only)."""
+    length-biased score is high on the first and low on the second), and the accuracy on
+    items whose options all have the same token count (where the two scorings agree by
+    construction: the length-fair reference)."""
     rows = []
     toks = item_scores["option_tokens"].map(lambda t: np.asarray(t, dtype=np.int64))
     first = toks.map(lambda t: int(t[0]))
     shortest = toks.map(lambda t: bool(t[0] < t[1:].min()))
     longest = toks.map(lambda t: bool(t[0] > t[1:].max()))
-    frame = item_scores.assign(_short=shortest, _long=longest, _n=first)
+    equal = toks.map(lambda t: bool((t == t[0]).all()))
+    frame = item_scores.assign(_short=shortest, _long=longest, _equal=equal, _n=first)
     for (behaviour, step), part in frame.groupby(["behaviour", "step"], sort=True):
         row = {
             "behaviour": behaviour,
@@ -1334,6 +1336,12 @@ def scoring_comparison(item_scores: pd.DataFrame) -> pd.DataFrame:
             "n_items": len(part),
             "unequal_lengths": float((part["_short"] | part["_long"]).mean()),
             "disagree": float((part["correct_summed"] != part["correct_per_token"]).mean()),
+            "n_equal_lengths": int(part["_equal"].sum()),
+            "accuracy_equal_lengths": (
+                float(part.loc[part["_equal"], "correct_summed"].mean())
+                if part["_equal"].any()
+                else np.nan
+            ),
         }
         for name in SCORINGS:
             correct = part[f"correct_{name}"].astype(float)
@@ -1344,6 +1352,12 @@ def scoring_comparison(item_scores: pd.DataFrame) -> pd.DataFrame:
                 )
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _weighted(values: pd.Series, weights: pd.Series) -> float:
+    v, w = values.to_numpy(dtype=np.float64), weights.to_numpy(dtype=np.float64)
+    ok = np.isfinite(v) & (w > 0)
+    return float(np.average(v[ok], weights=w[ok])) if ok.any() else float("nan")
 
 
 def scoring_sentence(comparison: pd.DataFrame, headline_scoring: str) -> str:
@@ -1368,7 +1382,9 @@ def scoring_sentence(comparison: pd.DataFrame, headline_scoring: str) -> str:
             f"scoring is right on {avg('accuracy_summed_shortest'):.0%} of items whose correct "
             f"option is the shortest and {avg('accuracy_summed_longest'):.0%} where it is the "
             f"longest (per-token: {avg('accuracy_per_token_shortest'):.0%} vs "
-            f"{avg('accuracy_per_token_longest'):.0%})"
+            f"{avg('accuracy_per_token_longest'):.0%}); on the {int(part['n_equal_lengths'].sum())}"
+            f" items whose options are equally long (both agree) accuracy is "
+            f"{_weighted(part['accuracy_equal_lengths'], part['n_equal_lengths']):.0%}"
         )
     unequal = float(np.average(comparison["unequal_lengths"], weights=comparison["n_items"]))
     name = {"per_token": "per-token-normalised", "summed": "summed"}[headline_scoring]
@@ -1381,6 +1397,8 @@ def scoring_sentence(comparison: pd.DataFrame, headline_scoring: str) -> str:
 
 def final_sentence(final: pd.DataFrame, summary: Mapping[str, Any]) -> str:
     """The final-checkpoint scores per size and the seed spread, from `final_scores`."""
+    if "metric" in final.columns:
+        final = final[final["metric"] == "score"]
     if final.empty:
         return "No final scores."
     parts = []

@@ -737,11 +737,14 @@ def behaviours_stage(suite: dict[str, Any], behaviours: dict[str, Any]):
     final, final_summary = bh.final_scores(
         item_scores, steps[-1], run_sizes(resolved), "score", cfg.n_boot, cfg.seed
     )
+    final_accuracy, _ = bh.final_scores(
+        item_scores, steps[-1], run_sizes(resolved), "accuracy", cfg.n_boot, cfg.seed
+    )
     scoring = bh.scoring_comparison(item_scores)
     write_parquet(out / "emergence.parquet", emergence)
     write_parquet(out / "emergence_summary.parquet", spread)
     write_parquet(out / "seed_spread_mid_vs_final.parquet", mid_final)
-    write_parquet(out / "final_scores.parquet", final)
+    write_parquet(out / "final_scores.parquet", pd.concat([final, final_accuracy]))
     write_parquet(out / "scoring_comparison.parquet", scoring)
     figs = [
         register_figure(
@@ -821,7 +824,7 @@ def behaviours_stage(suite: dict[str, Any], behaviours: dict[str, Any]):
         "table": table,
         "emergence": emergence,
         "spread": spread,
-        "final": final,
+        "final": pd.concat([final, final_accuracy], ignore_index=True),
         "final_summary": final_summary,
         "scoring": scoring,
         "sentences": {
