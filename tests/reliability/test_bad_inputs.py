@@ -333,6 +333,16 @@ CASES: dict[str, Case] = {
         "unknown behaviour 'sarcasm'",
         {"behaviours": {"behaviours": ["induction", "sarcasm"]}},
     ),
+    "behaviour threshold of the old (accuracy) kind": Case(
+        ["validate", "--params", "{params}"],
+        "Did you mean 'score_threshold'",
+        {"behaviours": {"threshold": 0.8}},
+    ),
+    "chance-normalised threshold out of range": Case(
+        ["validate", "--params", "{params}"],
+        "behaviours.score_threshold must be in (0, 1)",
+        {"behaviours": {"score_threshold": 1.0}},
+    ),
     "analysis step not on the schedule": Case(
         ["validate", "--params", "{params}"],
         "behaviours.steps: Step 25",
