@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from scipy import stats
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from seedscope import induction as ind
@@ -27,16 +28,24 @@ MINI_STEPS = np.array(
 )
 
 
-def _induction_pattern(half: int) -> np.ndarray:
-    """A perfect induction head on a [1 + 2*half] repeated sequence: second-copy tokens attend
-    to the token after their earlier occurrence; everything else attends to BOS."""
-    n = 1 + 2 * half
+def _induction_pattern_from_tokens(tokens: np.ndarray) -> np.ndarray:
+    """A perfect induction head, built from token identity alone: each query attends to
+    the token right after the earlier occurrence of its own token; a query whose token has
+    no earlier occurrence attends to BOS."""
+    n = len(tokens)
     p = np.zeros((n, n))
-    p[:, 0] = 1.0
-    for t in range(half + 1, n):
-        p[t] = 0.0
-        p[t, t - half + 1] = 1.0
+    for q in range(n):
+        earlier = [s for s in range(q) if tokens[s] == tokens[q]]
+        if earlier:
+            p[q, earlier[-1] + 1] = 1.0
+        else:
+            p[q, 0] = 1.0
     return p
+
+
+def _induction_pattern(half: int, seed: int = 0) -> np.ndarray:
+    seq = ind.repeated_random_tokens(50, 1, half, seed=seed, bos_id=49)[0].numpy()
+    return _induction_pattern_from_tokens(seq)
 
 
 def _prev_token_pattern(n: int) -> np.ndarray:
@@ -64,15 +73,85 @@ def test_repeated_random_tokens_shape_and_repeat():
     assert torch.equal(seqs, again)
 
 
+def test_repeated_random_tokens_draw_each_half_without_replacement():
+    # 30 of 40 ids: with replacement nearly every sequence would hold a repeat
+    seqs = ind.repeated_random_tokens(41, 200, 30, seed=0, bos_id=40)
+    halves = seqs[:, 1:31].numpy()
+    assert all(len(set(h)) == 30 for h in halves)
+    assert ind.accidental_repeat_fraction(seqs) == 0.0
+    # the check itself sees a planted repeat
+    bad = seqs.clone()
+    bad[0, 2] = bad[0, 1]
+    assert ind.accidental_repeat_fraction(bad) == pytest.approx(1 / 200)
+    # draws stay inside the allowed ids (e.g. those seen often enough in training)
+    allowed = ind.probe_token_ids(np.array([0, 5, 1, 9, 9, 2, 7, 7]), 8, 5, exclude_ids=[7])
+    np.testing.assert_array_equal(allowed, [1, 3, 4, 6])
+    few = ind.repeated_random_tokens(8, 10, 3, seed=0, bos_id=7, allowed_ids=allowed)
+    assert set(np.unique(few[:, 1:].numpy())) <= {1, 3, 4, 6}
+    np.testing.assert_array_equal(ind.probe_token_ids(None, 4, 5), [0, 1, 2, 3])
+    with pytest.raises(ind.SeedscopeError, match="half_len"):
+        ind.repeated_random_tokens(8, 10, 5, seed=0, bos_id=7, allowed_ids=allowed)
+
+
 def test_perfect_induction_head_scores_one_and_prev_token_head_zero():
     half = 6
     induction = _induction_pattern(half)
+    # the token-identity construction lands on the second copy's stripe t -> t - half + 1
+    assert all(induction[t, t - half + 1] == 1.0 for t in range(half + 1, 2 * half + 1))
     prev = _prev_token_pattern(1 + 2 * half)
     pats = np.stack([induction, prev])  # [head, q, k]
     assert ind.induction_score(pats) == pytest.approx([1.0, 0.0])
     assert ind.previous_token_score(pats)[1] == pytest.approx(1.0)
     # the induction head never attends to t-1 (its sources are t-half+1, or BOS)
     assert ind.previous_token_score(pats)[0] == pytest.approx(0.0)
+
+
+def _stripe_mean_by_loops(pattern: np.ndarray, tokens: np.ndarray) -> float:
+    """Independent prefix-matching score: over second-copy queries, the attention to the
+    position after the query token's earlier occurrence (found by searching the tokens)."""
+    half = (len(tokens) - 1) // 2
+    vals = []
+    for q in range(half + 1, len(tokens)):
+        s = [j for j in range(q) if tokens[j] == tokens[q]][0]
+        vals.append(pattern[q, s + 1])
+    return float(np.mean(vals))
+
+
+def test_tl_mul_score_of_a_perfect_head_and_agreement_with_ours():
+    half = 6
+    seq = ind.repeated_random_tokens(50, 1, half, seed=0, bos_id=49)
+    perfect = _induction_pattern_from_tokens(seq[0].numpy())
+    # TransformerLens's docstring: "mul" = attention on the pattern / total attention;
+    # a perfect head on BOS + two copies of L tokens scores L / (2L + 1)
+    score = ind.tl_induction_score(perfect[None, None, None], seq)
+    assert score.shape == (1, 1)
+    assert score[0, 0] == pytest.approx(half / (2 * half + 1))
+    det = ind.induction_detection_pattern(seq)[0]
+    assert det.sum() == half and np.all(np.triu(det, 1) == 0)
+    # random causal heads: ours equals the stripe mean computed by search, and the TL score
+    # of a sequence without accidental repeats is exactly L/(2L+1) times it -> same ranking
+    rng = np.random.default_rng(0)
+    seqs = ind.repeated_random_tokens(50, 3, half, seed=1, bos_id=49)
+    n = seqs.shape[1]
+    raw = np.tril(rng.gamma(0.3, size=(2, 3, 4, n, n)))  # [layer, batch, head, q, k]
+    raw[..., np.arange(n), np.arange(n)] += 1e-3
+    pats = raw / raw.sum(-1, keepdims=True)
+    pats[0, :, 1] = 0.3 * pats[0, :, 1] + 0.7 * perfect  # a strong head among noise
+    ours = ind.induction_score(pats).mean(axis=1)  # [layer, head]
+    by_search = np.array(
+        [
+            [
+                np.mean([_stripe_mean_by_loops(pats[lay, b, h], seqs[b].numpy()) for b in range(3)])
+                for h in range(4)
+            ]
+            for lay in range(2)
+        ]
+    )
+    np.testing.assert_allclose(ours, by_search, rtol=1e-12)
+    tl = ind.tl_induction_score(pats, seqs)
+    np.testing.assert_allclose(tl, ours * half / (2 * half + 1), rtol=1e-10)
+    assert stats.spearmanr(tl.ravel(), ours.ravel()).statistic == pytest.approx(1.0)
+    assert np.unravel_index(np.argmax(tl), tl.shape) == (0, 1)
 
 
 def test_induction_score_half_attention():
@@ -134,6 +213,9 @@ def test_head_scores_on_tiny_gpt2_match_hf_attentions(tiny_model):
     np.testing.assert_allclose(
         df["induction"].to_numpy(), ind.induction_score(ref).mean(axis=1).ravel(), rtol=1e-5
     )
+    np.testing.assert_allclose(
+        df["tl_induction"].to_numpy(), ind.tl_induction_score(ref, seqs).ravel(), rtol=1e-5
+    )
     pats = ind.attention_patterns(tiny_model, seqs, batch_size=3)
     assert pats.shape == (2, 5, 2, 17, 17)
     np.testing.assert_allclose(pats.numpy(), ref.numpy(), rtol=1e-5, atol=1e-7)
@@ -163,16 +245,25 @@ def test_hooks_removed_after_exception(tiny_model):
     assert tiny_model.config._attn_implementation == before_impl
 
 
-def test_icl_positions_and_score():
+def test_icl_bands_and_score():
     assert ind.icl_positions(1024) == (50, 500)
-    assert ind.icl_positions(256) == (round(256 * 50 / 1024), round(256 * 500 / 1024))
+    assert ind.icl_bands(1024) == ((40, 60), (450, 550))
+    assert ind.icl_bands(127) == ((5, 7), (56, 68))  # round(127 * 40 / 1024) = 5, ...
     losses = np.tile(np.linspace(5.0, 3.0, 256), (3, 1))
     losses[1] += 1.0  # a constant offset does not change the score
-    early, late = ind.icl_positions(256)
-    expected = losses[0, late] - losses[0, early]
+    (e0, e1), (l0, l1) = ind.icl_bands(256)
+    expected = losses[0, l0 : l1 + 1].mean() - losses[0, e0 : e1 + 1].mean()
+    # by hand: linear loss, so each band mean is the loss at the band's centre
+    step = 2.0 / 255
+    assert expected == pytest.approx(-step * ((l0 + l1) / 2 - (e0 + e1) / 2))
     assert ind.icl_score(losses) == pytest.approx(expected)
     np.testing.assert_allclose(ind.icl_score(losses, per_window=True), [expected] * 3)
     assert ind.icl_score(losses, late=10, early=0) == pytest.approx(losses[0, 10] - 5.0)
+    assert ind.icl_score(losses, late=(10, 12), early=(0, 2)) == pytest.approx(
+        losses[0, 10:13].mean() - losses[0, 0:3].mean()
+    )
+    with pytest.raises(ind.SeedscopeError, match="overlap"):
+        ind.icl_bands(128, early=(40, 500), late=(450, 550))
 
 
 def _planted_sigmoid(steps, mid_step, width, n_seqs, noise, seed):
@@ -208,6 +299,35 @@ def test_detect_phase_change_falling_metric_single_curve():
     assert pc.max_slope_step in (200, 220)
 
 
+def test_detect_phase_change_says_no_change_on_flat_noisy_and_trending_curves():
+    steps = MINI_STEPS
+    x = np.log(steps + 1.0)
+    rng = np.random.default_rng(0)
+    hits = {"flat": 0, "ar1": 0, "trend": 0}
+    for _ in range(20):
+        flat = 0.05 + rng.normal(0, 0.02, (steps.size, 20))  # chance-level score, 20 seqs
+        hits["flat"] += ind.detect_phase_change(steps, flat, n_boot=0) is not None
+        e = np.zeros(steps.size)  # strongly autocorrelated noise, sd ~0.08
+        for t in range(1, steps.size):
+            e[t] = 0.8 * e[t - 1] + rng.normal(0, 0.05)
+        hits["ar1"] += ind.detect_phase_change(steps, 0.05 + e, n_boot=0) is not None
+        ramp = 0.05 + 0.3 * (x - x[0]) / (x[-1] - x[0]) + rng.normal(0, 0.01, x.size)
+        hits["trend"] += ind.detect_phase_change(steps, ramp, n_boot=0) is not None
+    # AR(1) wanders enough to mimic a jump now and then (~1% in 200 draws): at most 1 of 20
+    assert hits["flat"] == 0 and hits["trend"] == 0 and hits["ar1"] <= 1, hits
+    fit = ind.fit_phase_change(steps, 0.05 + rng.normal(0, 0.02, steps.size))
+    assert not fit.detected and "amplitude" in fit.reason and np.isnan(fit.ci_low)
+    # the same criteria pass a planted jump of the size they ask for
+    jump = 0.05 + 0.3 / (1 + np.exp(-(x - np.log(301)) / 0.15)) + rng.normal(0, 0.02, x.size)
+    found = ind.detect_phase_change(steps, jump, n_boot=0)
+    assert found is not None and found.detected
+    assert found.midpoint == pytest.approx(300, rel=0.15)
+    assert found.amplitude == pytest.approx(0.3, abs=0.05)
+    small = 0.05 + 0.05 / (1 + np.exp(-(x - np.log(301)) / 0.15))  # below min_amplitude
+    assert ind.detect_phase_change(steps, small, min_amplitude=0.1) is None
+    assert ind.detect_phase_change(steps, small, min_amplitude=0.02) is not None
+
+
 def test_training_loss_bump_found_where_planted():
     steps = CRFM_LIKE
     x = np.log(steps + 1.0)
@@ -223,14 +343,69 @@ def test_training_loss_bump_found_where_planted():
     assert ind.training_loss_bump(steps, base + rng.normal(0, 0.005, x.size)) is None
 
 
-def test_phase_changes_coincide():
-    steps = MINI_STEPS
-    bump = {"start": 180, "end": 260, "steepest": 220, "mass": 1.0}
-    out = ind.phase_changes_coincide(steps, 220, 240, bump, tolerance=1)
-    assert out["induction_icl"] and out["induction_bump"] and out["icl_bump"] and out["all"]
-    out = ind.phase_changes_coincide(steps, 220, 400, bump, tolerance=1)
-    assert not out["induction_icl"] and not out["icl_bump"] and not out["all"]
-    assert ind.phase_changes_coincide(steps, 220, 220, None)["all"] is False
+def test_centred_training_loss_puts_a_planted_drop_where_it_is():
+    # per-update loss with a sharp drop at update 400; checkpoints every 100 there
+    updates = np.arange(1, 1001)
+    loss = 3.0 - 1.0 / (1 + np.exp(-(updates - 400) / 8.0))
+    ckpts = np.array([100, 200, 300, 400, 500, 600, 800, 1000])
+    steps, est = ind.centred_training_loss(updates, loss, ckpts)
+    np.testing.assert_array_equal(steps, ckpts)
+    truth = 3.0 - 1.0 / (1 + np.exp(-(ckpts - 400) / 8.0))
+    # at the drop itself: halfway (2.5); away from it, the planted value
+    assert est[3] == pytest.approx(2.5, abs=0.02)
+    np.testing.assert_allclose(np.delete(est, 3), np.delete(truth, 3), atol=0.02)
+    # the backward mean over (previous checkpoint, s] reads the drop as not yet begun at
+    # step 400 (it averages updates 301..400): the shift this estimate removes
+    backward = loss[(updates > 300) & (updates <= 400)].mean()
+    assert backward > 2.85
+    # a linear trend is returned exactly, even at the ends of the log
+    lin_steps, lin = ind.centred_training_loss(updates, 5.0 - 0.001 * updates, ckpts)
+    np.testing.assert_allclose(lin, 5.0 - 0.001 * ckpts, atol=1e-9)
+
+
+def test_signed_lags_by_hand():
+    out = ind.signed_lags(99.0, 999.0)
+    assert out["lag"] == pytest.approx(np.log(10.0))
+    assert np.isnan(out["ci_low"])
+    rb = np.log(100.0) + np.array([-0.1, 0.0, 0.1, 0.0])
+    ob = np.log(1000.0) + np.array([0.0, 0.0, 0.0, 0.2])
+    out = ind.signed_lags(99.0, 999.0, rb, ob, ci=1.0)
+    assert out["ci_low"] == pytest.approx(np.log(10.0) - 0.1)
+    assert out["ci_high"] == pytest.approx(np.log(10.0) + 0.2)
+
+
+def _runs(induction_steps, other_steps):
+    n = len(induction_steps)
+    return pd.DataFrame(
+        {"size": ["small"] * (n // 2) + ["medium"] * (n - n // 2), "a": induction_steps,
+         "b": other_steps}
+    )  # fmt: skip
+
+
+def test_coincidence_test_finds_planted_lockstep_and_not_a_size_effect():
+    rng = np.random.default_rng(0)
+    # seeds vary the onset by ~+-40%; medium is 3x later than small (a size effect)
+    ind_steps = np.exp(np.log([300] * 5 + [900] * 5) + rng.normal(0, 0.4, 10))
+    locked = ind_steps * np.exp(rng.normal(0, 0.05, 10))
+    out = ind.coincidence_test(_runs(ind_steps, locked), "a", "b", n_perm=2000, seed=1)
+    assert out["n"] == 10
+    assert out["matched"] < out["mismatched"]
+    assert out["p_value"] < 0.01
+    assert out["r"] > 0.9
+    # null: b follows the size but not the seed -> strongly correlated over all 10 runs,
+    # yet no coincidence claim within sizes; check the false-positive rate over many draws
+    rejections = 0
+    for i in range(100):
+        r = np.random.default_rng(100 + i)
+        a = np.exp(np.log([300] * 5 + [900] * 5) + r.normal(0, 0.4, 10))
+        b = np.exp(np.log([300] * 5 + [900] * 5) + r.normal(0, 0.4, 10))
+        rejections += (
+            ind.coincidence_test(_runs(a, b), "a", "b", n_perm=200, seed=i)["p_value"] < 0.05
+        )
+    assert rejections <= 10  # nominal 5 of 100
+    missing = _runs(ind_steps, np.r_[locked[:8], np.nan, np.nan])
+    assert ind.coincidence_test(missing, "a", "b", n_perm=10)["n"] == 8
+    assert np.isnan(ind.coincidence_test(_runs([1.0, 2.0], [1.0, 2.0]), "a", "b")["p_value"])
 
 
 def test_phase_change_summary_and_compare():

@@ -25,6 +25,7 @@ from seedscope.train import (
     induction_probe,
     load_corpus,
     lr_at,
+    probe_sequences,
     train_run,
     train_suite,
     unigram_loss,
@@ -162,6 +163,19 @@ def test_induction_probe_on_untrained_model_sees_no_copying(corpus: Path) -> Non
     assert probe["first_loss"] == pytest.approx(math.log(data.vocab_size), rel=0.02)
     assert probe["ratio"] == pytest.approx(1.0, abs=0.02)
     assert probe["induction_score"] == pytest.approx(1 / 8, abs=0.1)  # queries see 8..14 keys
+
+
+def test_probe_sequences_draw_each_half_without_replacement() -> None:
+    ids = np.array([3, 5, 8, 13, 21, 34, 55])
+    seq = probe_sequences(ids, eos_id=0, length=7, n_seq=50, seed=1).numpy()
+    assert seq.shape == (50, 15)
+    assert (seq[:, 0] == 0).all()
+    np.testing.assert_array_equal(seq[:, 1:8], seq[:, 8:])
+    # 7 of 7 ids: every half is a permutation of them (with replacement: almost never)
+    assert all(sorted(row) == sorted(ids) for row in seq[:, 1:8])
+    assert len({tuple(row) for row in seq[:, 1:8]}) > 40  # and the order is random
+    with pytest.raises(SeedscopeError, match="distinct ids"):
+        probe_sequences(ids, eos_id=0, length=8, n_seq=2)
 
 
 def test_previous_token_init_makes_layer0_heads_attend_one_back(corpus: Path) -> None:

@@ -143,6 +143,25 @@ def _check_tokens(tokens: torch.Tensor) -> None:
 # --------------------------------------------------------------------------------------
 
 
+def probe_token_ids(
+    counts: np.ndarray | None,
+    vocab_size: int,
+    min_count: int,
+    exclude_ids: Sequence[int] = (),
+) -> np.ndarray:
+    """Token ids a repeated-token probe may draw from: those seen at least `min_count` times
+    in training (`counts [vocab_size]`, e.g. the corpus's `train_token_counts.npy`), minus
+    `exclude_ids` (special tokens). `counts=None` or `min_count=0` -> every id. An id that
+    training never showed has an untrained embedding, and copying it tests nothing."""
+    ids = np.arange(int(vocab_size))
+    if counts is not None and min_count > 0:
+        c = np.asarray(counts)
+        if c.shape[0] < vocab_size:
+            c = np.concatenate([c, np.zeros(vocab_size - c.shape[0], dtype=c.dtype)])
+        ids = ids[c[:vocab_size] >= min_count]
+    return np.setdiff1d(ids, np.array(sorted({int(i) for i in exclude_ids}), dtype=int))
+
+
 def repeated_random_tokens(
     vocab_size: int,
     n_seqs: int,
@@ -150,25 +169,44 @@ def repeated_random_tokens(
     seed: int,
     bos_id: int,
     exclude_ids: Sequence[int] = (),
+    allowed_ids: Sequence[int] | np.ndarray | None = None,
 ) -> torch.Tensor:
-    """BOS, a uniformly random token sequence, then the same sequence again.
+    """BOS, a random token sequence without repeats, then the same sequence again.
 
-    Returns a LongTensor `[n_seqs, 1 + 2*half_len]`; tokens are drawn from
-    `range(vocab_size)` minus `bos_id` and `exclude_ids` (e.g. special tokens).
+    Returns a LongTensor `[n_seqs, 1 + 2*half_len]`. Each half is drawn *without
+    replacement* (with `numpy.random.default_rng(seed)`) from `allowed_ids` (default
+    `range(vocab_size)`) minus `bos_id` and `exclude_ids`, so every second-copy token has
+    exactly one earlier occurrence and the induction target (the token after it) is
+    unambiguous. With replacement, half of 30 draws from 512 ids already holds an accidental
+    repeat in ~57% of sequences.
     """
     if half_len < 2 or n_seqs < 1:
         raise SeedscopeError(
             f"Need n_seqs >= 1 and half_len >= 2 (got {n_seqs}, {half_len}).",
             "use e.g. n_seqs=32, half_len=50.",
         )
-    banned = {int(bos_id), *map(int, exclude_ids)}
-    allowed = np.setdiff1d(np.arange(vocab_size), np.array(sorted(banned)))
-    if allowed.size < 2:
-        raise SeedscopeError("No tokens left to sample from.", "exclude fewer token ids.")
+    pool = np.arange(vocab_size) if allowed_ids is None else np.asarray(allowed_ids, int)
+    banned = np.array(sorted({int(bos_id), *map(int, exclude_ids)}), dtype=int)
+    allowed = np.setdiff1d(pool, banned)
+    if allowed.size < half_len:
+        raise SeedscopeError(
+            f"Only {allowed.size} token ids to draw {half_len} distinct ones from.",
+            "lower induction.half_len or induction.probe_min_count.",
+        )
     rng = np.random.default_rng(seed)
-    half = rng.choice(allowed, size=(n_seqs, half_len), replace=True)
+    # a random permutation per row, first half_len entries: sampling without replacement
+    half = allowed[np.argsort(rng.random((n_seqs, allowed.size)), axis=1)[:, :half_len]]
     bos = np.full((n_seqs, 1), int(bos_id))
     return torch.from_numpy(np.concatenate([bos, half, half], axis=1)).long()
+
+
+def accidental_repeat_fraction(seqs: torch.Tensor | np.ndarray) -> float:
+    """Fraction of repeated-token sequences `[n_seqs, 1 + 2*half_len]` whose first half
+    holds some id twice (an ambiguous induction target)."""
+    s = _as_numpy(seqs).astype(np.int64)
+    half = s[:, 1 : 1 + _half_len(s.shape[1])]
+    srt = np.sort(half, axis=1)
+    return float(np.mean((np.diff(srt, axis=1) == 0).any(axis=1)))
 
 
 def _half_len(n_pos: int) -> int:
@@ -192,6 +230,51 @@ def induction_score(patterns: torch.Tensor | np.ndarray) -> np.ndarray:
     half = _half_len(p.shape[-1])
     dest = np.arange(half + 1, 2 * half + 1)
     return p[..., dest, dest - half + 1].mean(axis=-1)
+
+
+def induction_detection_pattern(tokens: torch.Tensor | np.ndarray) -> np.ndarray:
+    """TransformerLens's induction-head detection pattern, built from token identity.
+
+    `tokens [batch, pos]` -> `[batch, pos, pos]` of 0/1: `D[b, q, k] = 1` when the token at
+    `k - 1` equals the token at `q` and `k - 1 < q` (an earlier occurrence of the query's
+    token; the key is the token after it). Same as `get_induction_head_detection_pattern`
+    in TransformerLens `head_detector.py` (duplicate-token pattern with the diagonal
+    removed, shifted one key to the right, first column zero, lower-triangular).
+    """
+    t = _as_numpy(tokens).astype(np.int64)
+    if t.ndim != 2:
+        raise SeedscopeError("tokens must be [batch, pos].", "pass a 2-d token array.")
+    n = t.shape[1]
+    same = t[:, :, None] == t[:, None, :]  # [b, q, s]: token q == token s
+    earlier = np.tril(np.ones((n, n), dtype=bool), k=-1)  # s < q
+    dup = same & earlier
+    out = np.zeros_like(dup)
+    out[:, :, 1:] = dup[:, :, :-1]  # key k = s + 1
+    return out.astype(np.float64)
+
+
+def tl_induction_score(
+    patterns: torch.Tensor | np.ndarray,
+    tokens: torch.Tensor | np.ndarray,
+    per_sequence: bool = False,
+) -> np.ndarray:
+    """TransformerLens `detect_head(model, seqs, "induction_head")` with its default
+    `error_measure="mul"`, `exclude_bos=False`, `exclude_current_token=False`.
+
+    `patterns [layer, batch, head, q, k]`, `tokens [batch, pos]` -> `[layer, head]`: per
+    sequence, the attention falling on the detection pattern's 1s divided by the total
+    attention (= pos: rows sum to 1), then the mean over sequences (as `detect_head` does
+    for a list of prompts; `per_sequence=True` keeps `[layer, batch, head]`). A perfect
+    induction head on BOS + two copies of `L` distinct
+    tokens scores `L / (2L + 1)` (~0.5): the first copy's queries have no target.
+    Reimplemented here (TransformerLens cannot be installed beside this project's pins);
+    source read: `transformer_lens/head_detector.py`, `compute_head_attention_similarity_score`.
+    """
+    p = _as_numpy(patterns).astype(np.float64)
+    det = induction_detection_pattern(tokens)  # [b, q, k]
+    hit = np.einsum("lbhqk,bqk->lbh", p, det)
+    total = p.sum(axis=(-2, -1))
+    return hit / total if per_sequence else (hit / total).mean(axis=1)
 
 
 def previous_token_score(patterns: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -236,7 +319,8 @@ def head_scores(
     """Induction and previous-token score of every head on a repeated-token batch.
 
     `seqs [n_seqs, 1 + 2*half_len]`. Returns one row per head (columns `layer, head,
-    head_name` ("L.H"), `induction`, `prev_token`), or with `per_sequence=True` one row per
+    head_name` ("L.H"), `induction` (prefix matching, `induction_score`), `tl_induction`
+    (TransformerLens's "mul" score, `tl_induction_score`), `prev_token`), or with `per_sequence=True` one row per
     (sequence, head) with a `seq` column. The per-sequence losses on the two copies are in
     `df.attrs["first_copy_loss"]` / `["second_copy_loss"]` (arrays `[n_seqs]`).
     """
@@ -244,7 +328,7 @@ def head_scores(
     _half_len(seqs.shape[1])
     model.eval()
     n_layers = len(attention_modules(model))
-    ind, prev, first, second = [], [], [], []
+    ind, tl, prev, first, second = [], [], [], [], []
     with capture_attention(model) as store:
         for start in range(0, seqs.shape[0], batch_size):
             batch = seqs[start : start + batch_size]
@@ -252,6 +336,7 @@ def head_scores(
             logits = model(batch).logits
             pats = torch.stack([store[act_name("pattern", i)] for i in range(n_layers)]).float()
             ind.append(induction_score(pats))  # [layer, batch, head]
+            tl.append(tl_induction_score(pats, batch, per_sequence=True))
             prev.append(previous_token_score(pats))
             f, s = repeat_copy_losses(token_losses(logits, batch))
             first.append(f)
@@ -265,11 +350,13 @@ def head_scores(
             "layer": lay.ravel(),
             "head": hd.ravel(),
             "induction": ind_a.ravel(),
+            "tl_induction": np.concatenate(tl, axis=1).ravel(),
             "prev_token": prev_a.ravel(),
         }
     )
     if not per_sequence:
-        df = df.groupby(["layer", "head"], as_index=False)[["induction", "prev_token"]].mean()
+        cols = ["induction", "tl_induction", "prev_token"]
+        df = df.groupby(["layer", "head"], as_index=False)[cols].mean()
     df.insert(df.columns.get_loc("head") + 1, "head_name", _head_names(df))
     df.attrs["first_copy_loss"] = np.concatenate(first)
     df.attrs["second_copy_loss"] = np.concatenate(second)
@@ -290,12 +377,9 @@ def _as_numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def icl_positions(window: int) -> tuple[int, int]:
-    """(early, late) loss columns for the ICL score of a `[n_windows, window]` loss array.
-
-    Olsson et al. (2022) use the 50th and 500th token of 1024-token contexts; for a window
-    of `T` loss columns we use `round(T*50/1024)` and `round(T*500/1024)` (clipped to the
-    array), i.e. the same fractions of the context. For T = 1024 these are 50 and 500.
-    """
+    """(early, late) loss columns for the single-token ICL score of a `[n_windows, window]`
+    loss array: the 50th and 500th of 1024-token contexts (Olsson et al. 2022), scaled to
+    the window (`round(T*50/1024)`, `round(T*500/1024)`, clipped). For T = 1024: 50, 500."""
     if window < 4:
         raise SeedscopeError(f"Window of {window} tokens is too short.", "use >= 4 tokens.")
     early = int(round(window * 50 / 1024))
@@ -303,17 +387,63 @@ def icl_positions(window: int) -> tuple[int, int]:
     return min(max(early, 0), window - 2), min(max(late, early + 1), window - 1)
 
 
+Band = tuple[int, int]
+
+
+def icl_bands(
+    window: int,
+    early: Sequence[float] = (40, 60),
+    late: Sequence[float] = (450, 550),
+    context: int = 1024,
+) -> tuple[Band, Band]:
+    """Early and late bands of loss columns (inclusive) for the ICL score of a
+    `[n_windows, window]` loss array: positions `early` and `late` of a `context`-token
+    context (default tokens 40-60 and 450-550 of 1024, after Olsson et al. 2022), scaled to
+    the window: `round(window * position / context)`. Each band keeps >= 1 column, and the
+    late band starts after the early band ends.
+
+    >>> icl_bands(1024)
+    ((40, 60), (450, 550))
+    """
+    if window < 4:
+        raise SeedscopeError(f"Window of {window} tokens is too short.", "use >= 4 tokens.")
+    for name, band in (("early", early), ("late", late)):
+        if len(band) != 2 or not 0 <= band[0] <= band[1] <= context:
+            raise SeedscopeError(
+                f"ICL {name} band {list(band)} is not [start, end] within a {context}-token "
+                "context.",
+                f"give induction.icl_{name} as [start, end] with 0 <= start <= end <= {context}.",
+            )
+    if early[1] >= late[0]:
+        raise SeedscopeError(
+            f"ICL bands overlap: early {list(early)}, late {list(late)}.",
+            "make the early band end before the late band starts.",
+        )
+
+    def scale(band: Sequence[float], low: int) -> Band:
+        a = min(max(int(round(window * band[0] / context)), low), window - 1)
+        b = min(max(int(round(window * band[1] / context)), a), window - 1)
+        return a, b
+
+    e = scale(early, 0)
+    if e[1] >= window - 1:
+        e = (min(e[0], window - 2), window - 2)
+    return e, scale(late, e[1] + 1)
+
+
 def icl_score(
     losses: np.ndarray,
-    late: int | None = None,
-    early: int | None = None,
+    late: int | Band | None = None,
+    early: int | Band | None = None,
     per_window: bool = False,
 ) -> float | np.ndarray:
-    """In-context-learning score: loss at a late token minus loss at an early token.
+    """In-context-learning score: mean loss in a late band of positions minus mean loss in
+    an early band (negative = the model uses its context).
 
     `losses [n_windows, window]` per-token next-token losses (column `p` = loss predicting
-    token `p+1`). Positions default to `icl_positions(window)`. Returns the mean over
-    windows (negative = the model uses its context), or `[n_windows]` with `per_window`.
+    token `p+1`). `early` / `late` are a column or an inclusive `(start, end)` band of
+    columns; both default to `icl_bands(window)` (tokens 40-60 vs 450-550 of 1024, scaled).
+    Returns the mean over windows, or `[n_windows]` with `per_window`.
     """
     losses = np.asarray(losses, dtype=float)
     if losses.ndim != 2:
@@ -321,10 +451,15 @@ def icl_score(
             f"ICL score needs losses [n_windows, window], got shape {losses.shape}.",
             "pass a 2-d per-token loss array.",
         )
-    d_early, d_late = icl_positions(losses.shape[1])
+    d_early, d_late = icl_bands(losses.shape[1])
     early = d_early if early is None else early
     late = d_late if late is None else late
-    diff = losses[:, late] - losses[:, early]
+
+    def band_mean(band: int | Band) -> np.ndarray:
+        a, b = (band, band) if np.isscalar(band) else band  # type: ignore[misc]
+        return losses[:, int(a) : int(b) + 1].mean(axis=1)
+
+    diff = band_mean(late) - band_mean(early)
     return diff if per_window else float(diff.mean())
 
 
@@ -382,15 +517,17 @@ def fit_sigmoid(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
 
 @dataclass(frozen=True)
 class PhaseChange:
-    """A detected jump in a metric over training.
+    """A logistic fit of a metric over training, and whether it counts as a jump.
 
     step: the schedule step nearest the fitted midpoint (steepest point on the log-step
     axis); midpoint: the fitted midpoint (continuous, in steps); onset / end: where the
     fitted sigmoid has done 10% / 90% of its change; max_slope_step: model-free check, the
     later end of the steepest finite-difference interval of the (mean) curve on the
     log-step axis; ci_low / ci_high: percentile bootstrap CI of the midpoint over
-    resampled eval sequences (NaN without per-sequence data); lo / hi / width: the fitted
-    plateaus and width (log-step units); r2: fit quality.
+    resampled eval sequences (NaN without per-sequence data or when no jump); lo / hi /
+    width: the fitted plateaus and width (log-step units); r2: fit quality; amplitude:
+    |hi - lo|; detected: amplitude >= the minimum, r2 >= the minimum, and the 10-90% rise
+    shorter than `max_width_fraction` of the log-step range; reason: why not, else "".
     """
 
     step: int
@@ -404,25 +541,15 @@ class PhaseChange:
     hi: float
     width: float
     r2: float
+    amplitude: float = float("nan")
+    detected: bool = True
+    reason: str = ""
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
 
 
-def detect_phase_change(
-    steps: Sequence[int] | np.ndarray,
-    values: np.ndarray,
-    n_boot: int = 200,
-    seed: int = 0,
-    ci: float = 0.95,
-) -> PhaseChange:
-    """Find the step where a metric jumps, by a logistic fit on the `log(step+1)` axis.
-
-    `steps [n_steps]` (the checkpoint schedule, any spacing, 0 allowed); `values
-    [n_steps]` (one curve) or `[n_steps, n_seqs]` (per eval sequence; the curve is the mean
-    over sequences and the CI comes from resampling sequences with replacement, `n_boot`
-    times, with `numpy.random.default_rng(seed)`).
-    """
+def _phase_inputs(steps: Sequence[int] | np.ndarray, values: np.ndarray):  # type: ignore[no-untyped-def]
     steps_a = np.asarray(steps, dtype=float)
     vals = np.asarray(values, dtype=float)
     if vals.ndim == 1:
@@ -437,6 +564,48 @@ def detect_phase_change(
         raise SeedscopeError(
             "Steps must increase strictly and values be finite.", "sort steps; drop NaN rows."
         )
+    return steps_a, vals
+
+
+def bootstrap_midpoints(
+    steps: Sequence[int] | np.ndarray, values: np.ndarray, n_boot: int = 200, seed: int = 0
+) -> np.ndarray:
+    """Midpoints (log-step units, `log(step+1)`) of logistic fits to `n_boot` resamples of
+    the eval sequences: `values [n_steps, n_seqs]`, columns drawn with replacement with
+    `numpy.random.default_rng(seed)`. Returns `[n_boot]` (empty for one sequence)."""
+    steps_a, vals = _phase_inputs(steps, values)
+    x = log_step(steps_a)
+    n_seqs = vals.shape[1]
+    if n_seqs < 2 or n_boot < 1:
+        return np.empty(0)
+    rng = np.random.default_rng(seed)
+    mids = np.empty(n_boot)
+    for b in range(n_boot):
+        cols = rng.integers(0, n_seqs, n_seqs)
+        mids[b] = fit_sigmoid(x, vals[:, cols].mean(axis=1))[0][2]
+    return mids
+
+
+def fit_phase_change(
+    steps: Sequence[int] | np.ndarray,
+    values: np.ndarray,
+    n_boot: int = 200,
+    seed: int = 0,
+    ci: float = 0.95,
+    min_amplitude: float = 0.1,
+    min_r2: float = 0.8,
+    max_width_fraction: float = 0.5,
+) -> PhaseChange:
+    """Logistic fit of a metric on the `log(step+1)` axis and the verdict: jump or not.
+
+    `steps [n_steps]` (the checkpoint schedule, any spacing, 0 allowed); `values
+    [n_steps]` (one curve) or `[n_steps, n_seqs]` (per eval sequence; the curve is their
+    mean and the midpoint's CI comes from `bootstrap_midpoints`, only for a detected jump).
+    A jump needs `|hi - lo| >= min_amplitude` (metric units), `r2 >= min_r2`, and its 10-90%
+    rise (`2 ln 9` widths) within `max_width_fraction` of the log-step range: a flat or
+    noisy curve fails the first two, a steady trend across the whole schedule the third.
+    """
+    steps_a, vals = _phase_inputs(steps, values)
     x = log_step(steps_a)
     y = vals.mean(axis=1)
     p, sse = fit_sigmoid(x, y)
@@ -447,16 +616,21 @@ def detect_phase_change(
     max_slope_step = int(steps_a[int(np.argmax(slope)) + 1])
     sched_step = int(steps_a[int(np.argmin(np.abs(x - mid)))])
     dx = width * np.log(9.0)  # logistic goes 10% -> 90% over 2*ln(9)*width
+    amplitude = abs(hi - lo)
+    reasons = []
+    if amplitude < min_amplitude:
+        reasons.append(f"amplitude {amplitude:.3g} < {min_amplitude:g}")
+    if r2 < min_r2:
+        reasons.append(f"fit r2 {r2:.2f} < {min_r2:g}")
+    if 2 * dx > max_width_fraction * (x[-1] - x[0]):
+        reasons.append(f"rise spans > {max_width_fraction:.0%} of the log-step range")
+    detected = not reasons
     ci_low = ci_high = float("nan")
-    n_seqs = vals.shape[1]
-    if n_seqs > 1 and n_boot > 0:
-        rng = np.random.default_rng(seed)
-        mids = np.empty(n_boot)
-        for b in range(n_boot):
-            cols = rng.integers(0, n_seqs, n_seqs)
-            mids[b] = fit_sigmoid(x, vals[:, cols].mean(axis=1))[0][2]
-        a = (1 - ci) / 2
-        ci_low, ci_high = (_from_log(q) for q in np.quantile(mids, [a, 1 - a]))
+    if detected:
+        mids = bootstrap_midpoints(steps_a, vals, n_boot, seed)
+        if mids.size:
+            a = (1 - ci) / 2
+            ci_low, ci_high = (_from_log(q) for q in np.quantile(mids, [a, 1 - a]))
     return PhaseChange(
         step=sched_step,
         midpoint=_from_log(mid),
@@ -469,7 +643,28 @@ def detect_phase_change(
         hi=hi,
         width=width,
         r2=r2,
+        amplitude=amplitude,
+        detected=detected,
+        reason="; ".join(reasons),
     )
+
+
+def detect_phase_change(
+    steps: Sequence[int] | np.ndarray,
+    values: np.ndarray,
+    n_boot: int = 200,
+    seed: int = 0,
+    ci: float = 0.95,
+    min_amplitude: float = 0.1,
+    min_r2: float = 0.8,
+    max_width_fraction: float = 0.5,
+) -> PhaseChange | None:
+    """The jump of a metric over training, or None when there is none (see
+    `fit_phase_change` for the fit, the criteria and the CI)."""
+    fit = fit_phase_change(
+        steps, values, n_boot, seed, ci, min_amplitude, min_r2, max_width_fraction
+    )
+    return fit if fit.detected else None
 
 
 def training_loss_bump(
@@ -544,32 +739,122 @@ def schedule_index(steps: Sequence[int] | np.ndarray, step: float) -> int:
     return int(np.argmin(np.abs(log_step(steps) - np.log(float(step) + 1.0))))
 
 
-def phase_changes_coincide(
-    steps: Sequence[int] | np.ndarray,
-    induction_step: float,
-    icl_step: float,
-    bump: dict[str, float] | None,
-    tolerance: int = 1,
-) -> dict[str, object]:
-    """Do the induction jump, the ICL jump and the loss bump fall in the same window?
+def centred_training_loss(
+    log_steps: Sequence[int] | np.ndarray,
+    log_loss: np.ndarray,
+    at_steps: Sequence[int] | np.ndarray,
+    min_half_width: int = 2,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Training loss at checkpoint steps, estimated without a shift.
 
-    Steps are mapped to schedule indices; the induction and ICL steps coincide when their
-    indices differ by <= `tolerance`, and each lies in the bump when its index is within
-    `[index(bump start) - tolerance, index(bump end) + tolerance]`. Returns the indices and
-    `induction_icl`, `induction_bump`, `icl_bump`, `all` booleans.
+    `log_steps [n]` / `log_loss [n]`: the per-update training loss (update `s` logged at
+    step `s`); `at_steps [m]`: where to estimate it. At each step `s` the estimate is a
+    local linear fit of the logged loss over `[s - h, s + h]` evaluated at `s`, with `h` half
+    the smaller gap to the neighbouring checkpoints (at least `min_half_width`; one-sided
+    at the ends of the log, where the linear fit still centres the estimate on `s`). A
+    backward mean over `(previous checkpoint, s]` would instead report the loss of about
+    half an interval earlier, shifting every feature early where checkpoints are sparse.
+    Steps with fewer than 2 logged updates in their window are dropped. Returns
+    (steps, loss).
     """
-    i_ind, i_icl = schedule_index(steps, induction_step), schedule_index(steps, icl_step)
-    out: dict[str, object] = {"induction_index": i_ind, "icl_index": i_icl}
-    out["induction_icl"] = abs(i_ind - i_icl) <= tolerance
-    if bump is None:
-        out.update(bump_start_index=None, bump_end_index=None)
-        out.update(induction_bump=False, icl_bump=False)
-    else:
-        a, b = schedule_index(steps, bump["start"]), schedule_index(steps, bump["end"])
-        out.update(bump_start_index=a, bump_end_index=b)
-        out["induction_bump"] = a - tolerance <= i_ind <= b + tolerance
-        out["icl_bump"] = a - tolerance <= i_icl <= b + tolerance
-    out["all"] = bool(out["induction_icl"] and out["induction_bump"] and out["icl_bump"])
+    ls = np.asarray(log_steps, dtype=float)
+    ll = np.asarray(log_loss, dtype=float)
+    at = np.asarray(at_steps, dtype=float)
+    if ls.shape != ll.shape or ls.ndim != 1:
+        raise SeedscopeError("log_steps and log_loss must be 1-d and match.", "pass the log.")
+    order = np.argsort(ls, kind="stable")
+    ls, ll = ls[order], ll[order]
+    gaps = np.diff(at)
+    out_s, out_l = [], []
+    for i, s in enumerate(at):
+        near = gaps[max(i - 1, 0) : i + 1]  # gaps to the previous and the next checkpoint
+        h = max(float(near.min()) / 2 if near.size else min_half_width, min_half_width)
+        lo, hi = np.searchsorted(ls, s - h, "left"), np.searchsorted(ls, s + h, "right")
+        xs, ys = ls[lo:hi], ll[lo:hi]
+        if xs.size < 2:
+            continue
+        if np.ptp(xs) == 0:
+            est = float(ys.mean())
+        else:
+            est = float(np.polyfit(xs - s, ys, 1)[1])  # the line's value at s
+        out_s.append(s)
+        out_l.append(est)
+    return np.asarray(out_s), np.asarray(out_l)
+
+
+def signed_lags(
+    reference: float,
+    other: float,
+    reference_boot: np.ndarray | None = None,
+    other_boot: np.ndarray | None = None,
+    ci: float = 0.95,
+) -> dict[str, float]:
+    """Signed lag `log(other+1) - log(reference+1)` (log-steps; > 0: `other` comes later)
+    with a percentile CI from the bootstrap midpoints (log-step units, as returned by
+    `bootstrap_midpoints`) of either or both. Independent bootstraps are paired draw by draw
+    (the two metrics use different sequences). A side without a bootstrap is held fixed."""
+    lag = float(np.log(other + 1.0) - np.log(reference + 1.0))
+    rb = np.asarray(reference_boot if reference_boot is not None else [], float)
+    ob = np.asarray(other_boot if other_boot is not None else [], float)
+    if not (np.isfinite(lag) and (rb.size or ob.size)):
+        return {"lag": lag, "ci_low": float("nan"), "ci_high": float("nan")}
+    n = max(rb.size, ob.size)
+    r = rb[:n] if rb.size else np.full(n, np.log(reference + 1.0))
+    o = ob[:n] if ob.size else np.full(n, np.log(other + 1.0))
+    m = min(r.size, o.size)
+    a = (1 - ci) / 2
+    low, high = np.quantile(o[:m] - r[:m], [a, 1 - a])
+    return {"lag": lag, "ci_low": float(low), "ci_high": float(high)}
+
+
+def coincidence_test(
+    df: pd.DataFrame,
+    a: str,
+    b: str,
+    by: str = "size",
+    n_perm: int = 2000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Do two event steps of the same run go together more than those of different runs?
+
+    `df` has one row per run with steps in columns `a` and `b` (NaN = no event; those runs
+    are dropped) and a group column `by` (size). On the `log(step+1)` axis: `matched` = mean
+    |b - a| over runs; `mismatched` = mean |b_j - a_i| over pairs of *different* runs of the
+    same group (the null: seeds paired at random, the size kept, so a size effect cannot pose
+    as coincidence); `r` = Pearson correlation of a and b after centring each within its
+    group; `p_value`: one-sided permutation p of `matched` being this small when b is
+    shuffled among the runs of each group (`n_perm` shuffles, `default_rng(seed)`). NaN
+    where fewer than 3 runs have both events, or no group has 2.
+    """
+    d = df[[a, b, by]].dropna()
+    out: dict[str, float] = {"n": float(len(d))}
+    nan = float("nan")
+    groups = [g for _, g in d.groupby(by, sort=False) if len(g) >= 2]
+    if len(d) < 3 or not groups:
+        out.update(matched=nan, mismatched=nan, r=nan, p_value=nan)
+        return out
+    xa = [np.log(g[a].to_numpy(float) + 1.0) for g in groups]
+    xb = [np.log(g[b].to_numpy(float) + 1.0) for g in groups]
+    matched = float(np.mean(np.concatenate([np.abs(q - p) for p, q in zip(xa, xb, strict=True)])))
+    mism = [
+        np.abs(q[None, :] - p[:, None])[~np.eye(p.size, dtype=bool)]
+        for p, q in zip(xa, xb, strict=True)
+    ]
+    ca = np.concatenate([p - p.mean() for p in xa])
+    cb = np.concatenate([q - q.mean() for q in xb])
+    denom = float(np.sqrt((ca**2).sum() * (cb**2).sum()))
+    rng = np.random.default_rng(seed)
+    null = np.empty(n_perm)
+    for i in range(n_perm):
+        null[i] = np.mean(
+            np.concatenate([np.abs(rng.permutation(q) - p) for p, q in zip(xa, xb, strict=True)])
+        )
+    out.update(
+        matched=matched,
+        mismatched=float(np.mean(np.concatenate(mism))),
+        r=float((ca * cb).sum() / denom) if denom > 0 else nan,
+        p_value=float((1 + np.sum(null <= matched + 1e-12)) / (n_perm + 1)),
+    )
     return out
 
 

@@ -42,35 +42,62 @@ class LossCorrelationParams:
     context_tokens: int = 30
     top_k: int = 5
     max_scatter_pairs: int = 45
+    # FDR level of every family of tests (enrichment rows, capability gaps per step)
+    alpha: float = 0.05
+    # nats: a token whose seeds (within size) differ by less than this is never "divergent"
+    divergence_floor: float = 0.01
+    # the enrichment headline only names categories with at least this many tokens
+    enrichment_min_tokens: int = 1000
+    # difficulty strata (quantiles of mean loss) of the Mantel-Haenszel odds ratio
+    n_strata: int = 10
 
     def __post_init__(self) -> None:
+        section = self._section()
         _positive(
-            "loss_correlation",
+            section,
             n_boot=self.n_boot,
             n_outliers=self.n_outliers,
             context_tokens=self.context_tokens,
             top_k=self.top_k,
+            enrichment_min_tokens=self.enrichment_min_tokens,
+            n_strata=self.n_strata,
         )
         if not 0 < self.outlier_fraction < 0.5:
             raise SeedscopeError(
-                f"loss_correlation.outlier_fraction must be in (0, 0.5), got "
-                f"{self.outlier_fraction}.",
+                f"{section}.outlier_fraction must be in (0, 0.5), got {self.outlier_fraction}.",
                 "use e.g. 0.01 (the top 1% of |difference|).",
             )
+        if not 0 < self.alpha < 0.5:
+            raise SeedscopeError(
+                f"{section}.alpha must be in (0, 0.5), got {self.alpha}.", "use e.g. 0.05."
+            )
+        if not 0 <= self.divergence_floor < 10:
+            raise SeedscopeError(
+                f"{section}.divergence_floor must be in [0, 10) nats, got {self.divergence_floor}.",
+                "use e.g. 0.01 (differences below it count as none).",
+            )
+
+    def _section(self) -> str:
+        return "loss_correlation"
 
 
 @dataclass(frozen=True)
 class ConvergenceParams(LossCorrelationParams):
     """Analysis 2: the agreement analysis at mid-training; gaps closed or persisting."""
 
-    alpha: float = 0.05
+    # nats: a gap is "closed" when its final (1 - 2 alpha) CI lies inside +-margin
+    margin: float = 0.02
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0 < self.alpha < 1:
+        if not 0 < self.margin < 1:
             raise SeedscopeError(
-                f"convergence.alpha must be in (0, 1), got {self.alpha}.", "use e.g. 0.05."
+                f"convergence.margin must be in (0, 1) nats, got {self.margin}.",
+                "use e.g. 0.02 (a gap within +-0.02 nats of mean log-prob counts as none).",
             )
+
+    def _section(self) -> str:
+        return "convergence"
 
 
 @dataclass(frozen=True)
@@ -82,6 +109,11 @@ class LossPcaParams:
     n_extremes: int = 8
     n_boot: int = 200
     context_tokens: int = 30
+    # parallel analysis: a component is described only if it beats this many permutations
+    # at level alpha, and its scores spread by at least min_component_sd nats
+    n_permutations: int = 19
+    alpha: float = 0.05
+    min_component_sd: float = 0.01
 
     def __post_init__(self) -> None:
         _positive(
@@ -90,7 +122,19 @@ class LossPcaParams:
             n_extremes=self.n_extremes,
             n_boot=self.n_boot,
             context_tokens=self.context_tokens,
+            n_permutations=self.n_permutations,
+            min_component_sd=self.min_component_sd,
         )
+        if not 0 < self.alpha < 0.5:
+            raise SeedscopeError(
+                f"loss_pca.alpha must be in (0, 0.5), got {self.alpha}.", "use e.g. 0.05."
+            )
+        if (self.n_permutations + 1) * self.alpha < 1:
+            raise SeedscopeError(
+                f"loss_pca.n_permutations={self.n_permutations} cannot reach p <= "
+                f"alpha={self.alpha} (the smallest p is 1 / (n_permutations + 1)).",
+                f"set loss_pca.n_permutations >= {int(round(1 / self.alpha)) - 1}.",
+            )
 
 
 @dataclass(frozen=True)
@@ -176,15 +220,35 @@ class TrajectoriesParams:
 
 @dataclass(frozen=True)
 class InductionParams:
-    """Analysis 6: induction heads and the phase change."""
+    """Analysis 6: induction heads and the phase change.
+
+    The probe: `n_seqs` sequences of BOS + `half_len` distinct ids + the same again, drawn
+    from ids seen >= `probe_min_count` times in training. A run has *formed* an induction
+    head when, at its final checkpoint, the best head scores >= `formed_score` and the
+    second-copy loss is <= `formed_copy_ratio` x the first-copy loss. A phase change needs
+    a logistic fit with amplitude >= `phase_min_amplitude` (score units; ICL:
+    `icl_min_amplitude` nats) and r2 >= `phase_min_r2`. The ICL score is the mean loss over
+    positions `icl_late` minus `icl_early` (of a 1024-token context, scaled to the window)
+    on `icl_windows` eval windows.
+    """
 
     n_seqs: int = 64
     half_len: int = 30
+    probe_min_count: int = 5
     steps: list[int | str] | str = "all"
     n_boot: int = 200
     seed: int = 0
     threads: int = 2
     batch_size: int = 32
+    formed_score: float = 0.4
+    formed_copy_ratio: float = 0.5
+    phase_min_amplitude: float = 0.1
+    icl_min_amplitude: float = 0.1
+    phase_min_r2: float = 0.8
+    icl_windows: int = 256
+    icl_early: tuple[int, int] | list[int] = (40, 60)
+    icl_late: tuple[int, int] | list[int] = (450, 550)
+    n_perm: int = 2000
 
     def __post_init__(self) -> None:
         _positive(
@@ -194,7 +258,37 @@ class InductionParams:
             n_boot=self.n_boot,
             threads=self.threads,
             batch_size=self.batch_size,
+            phase_min_amplitude=self.phase_min_amplitude,
+            icl_min_amplitude=self.icl_min_amplitude,
+            icl_windows=self.icl_windows,
+            n_perm=self.n_perm,
         )
+        if self.probe_min_count < 0:
+            raise SeedscopeError(
+                f"induction.probe_min_count must be >= 0, got {self.probe_min_count}.",
+                "use e.g. 5 (0 = every id of the vocabulary).",
+            )
+        for key in ("formed_score", "formed_copy_ratio", "phase_min_r2"):
+            value = getattr(self, key)
+            if not 0 < value <= 1:
+                raise SeedscopeError(
+                    f"induction.{key} must be in (0, 1], got {value}.",
+                    "use e.g. formed_score 0.4, formed_copy_ratio 0.5, phase_min_r2 0.8.",
+                )
+        for key in ("icl_early", "icl_late"):
+            band = list(getattr(self, key))
+            if len(band) != 2 or not 0 <= band[0] <= band[1] <= 1024:
+                raise SeedscopeError(
+                    f"induction.{key} must be [start, end] with 0 <= start <= end <= 1024, "
+                    f"got {band}.",
+                    "give token positions of a 1024-token context, e.g. [40, 60] / [450, 550].",
+                )
+        if list(self.icl_early)[1] >= list(self.icl_late)[0]:
+            raise SeedscopeError(
+                f"induction.icl_early {list(self.icl_early)} must end before icl_late "
+                f"{list(self.icl_late)} starts.",
+                "use e.g. icl_early [40, 60] and icl_late [450, 550].",
+            )
 
 
 @dataclass(frozen=True)

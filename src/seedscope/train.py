@@ -77,6 +77,7 @@ class TrainConfig:
     bf16: bool = False
     eval_windows: int = 128  # eval windows scored at every checkpoint (diagnostic)
     probe_sequences: int = 32  # induction-probe sequences per checkpoint (diagnostic)
+    probe_min_count: int = 5  # probe ids: seen >= this often in training (diagnostic)
 
     def __post_init__(self) -> None:
         if not isinstance(self.sizes, dict) or not self.sizes:
@@ -102,7 +103,7 @@ class TrainConfig:
                     "choose n_embd a multiple of n_head.",
                 )
         positive_ints = ("context", "batch_size", "workers", "threads_per_worker")
-        for key in positive_ints + ("eval_windows", "probe_sequences", "warmup"):
+        for key in positive_ints + ("eval_windows", "probe_sequences", "probe_min_count", "warmup"):
             value = getattr(self, key)
             low = 1 if key in positive_ints else 0
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -187,7 +188,7 @@ class TrainConfig:
 
     def fingerprint(self) -> str:
         """Hash of every field that changes weights (not workers nor the diagnostics)."""
-        skip = ("workers", "eval_windows", "probe_sequences")
+        skip = ("workers", "eval_windows", "probe_sequences", "probe_min_count")
         payload = {k: v for k, v in asdict(self).items() if k not in skip}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -370,6 +371,22 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cos)
 
 
+def probe_sequences(
+    token_ids: np.ndarray, eos_id: int, length: int, n_seq: int, seed: int = 0
+) -> torch.Tensor:
+    """`[n_seq, 1 + 2*length]` LongTensor `[EOS, r_1..r_L, r_1..r_L]`; each half holds `L`
+    distinct ids of `token_ids`, drawn without replacement with `default_rng(seed)`."""
+    rng = np.random.default_rng(seed)
+    choices = np.asarray(token_ids, dtype=np.int64)
+    if choices.size < length:
+        raise SeedscopeError(
+            f"The induction probe needs {length} distinct ids, only {choices.size} qualify.",
+            "lower probe_min_count (or the context).",
+        )
+    span = choices[np.argsort(rng.random((n_seq, choices.size)), axis=1)[:, :length]]
+    return torch.from_numpy(np.concatenate([np.full((n_seq, 1), eos_id), span, span], axis=1))
+
+
 def induction_probe(
     model: Any,
     token_ids: np.ndarray,
@@ -378,9 +395,12 @@ def induction_probe(
     n_seq: int = 32,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Induction diagnostics on `n_seq` sequences `[EOS, r_1..r_L, r_1..r_L]` of tokens drawn
-    uniformly from `token_ids` (L = `length`, drawn with `default_rng(seed)`; the trainer
-    passes the non-EOS ids that occur in the training stream, so no embedding is untrained).
+    """Induction diagnostics on `n_seq` sequences `[EOS, r_1..r_L, r_1..r_L]`, each half `L`
+    (= `length`) distinct ids drawn without replacement from `token_ids` with
+    `default_rng(seed)`, so every second-copy target is unambiguous (with replacement, most
+    sequences would hold an accidental repeat). The trainer passes the non-EOS ids seen at
+    least `probe_min_count` times in training (an id never trained has an untrained
+    embedding) and, beside it, every non-EOS id.
 
     Returns `first_loss` / `second_loss`: mean next-token loss (nats) on the targets r_2..r_L
     of the first and of the second copy (the second copy's r_1 is unpredictable and
@@ -388,10 +408,7 @@ def induction_probe(
     attention from each second-copy query r_j (position L+j) to the token after its earlier
     occurrence (position j+1); the EOS/BOS position is never a query nor a target.
     """
-    rng = np.random.default_rng(seed)
-    choices = np.asarray(token_ids, dtype=np.int64)
-    span = choices[rng.integers(0, len(choices), size=(n_seq, length))]
-    seq = torch.from_numpy(np.concatenate([np.full((n_seq, 1), eos_id), span, span], axis=1))
+    seq = probe_sequences(token_ids, eos_id, length, n_seq, seed)
     was_training = model.training
     impl = model.config._attn_implementation
     model.eval()
@@ -575,16 +592,22 @@ def _train(
     chunks = corpus.train[: n_chunks * cfg.context].reshape(n_chunks, cfg.context)
     eval_windows = torch.from_numpy(corpus.eval[: cfg.eval_windows])
     probe_len = (cfg.context - 1) // 2
-    seen = np.bincount(corpus.train, minlength=corpus.vocab_size) > 0
-    seen[corpus.eos_id] = False
-    probe_ids = np.flatnonzero(seen)
+    counts = np.bincount(corpus.train, minlength=corpus.vocab_size)
+    counts[corpus.eos_id] = -1  # never a probe token
+    probe_ids = np.flatnonzero(counts >= max(cfg.probe_min_count, 1))
+    all_ids = np.flatnonzero(counts >= 0)
 
     def checkpoint(at: int) -> None:
         """State first (resume point), then the snapshot, then the logs."""
         nonlocal probes
         if not probes or probes[-1]["step"] != at:
             probe = induction_probe(model, probe_ids, corpus.eos_id, probe_len, cfg.probe_sequences)
-            probes = [*probes, {"step": at, "eval_loss": eval_loss(model, eval_windows), **probe}]
+            every = induction_probe(model, all_ids, corpus.eos_id, probe_len, cfg.probe_sequences)
+            every = {f"all_ids_{k}": v for k, v in every.items()}
+            probes = [
+                *probes,
+                {"step": at, "eval_loss": eval_loss(model, eval_windows), **probe, **every},
+            ]
         if at > 0:
             # Saved through a handle: torch.save(path) embeds the (random) temp file name.
             with atomic_path(state_path) as tmp, open(tmp, "wb") as handle:
@@ -655,6 +678,8 @@ def _train(
         "unigram_eval_loss": unigram_loss(corpus.train, corpus.eval[: cfg.eval_windows]),
         "final_ratio": final["ratio"],
         "final_induction_score": final["induction_score"],
+        "final_induction_score_all_ids": final.get("all_ids_induction_score", float("nan")),
+        "final_ratio_all_ids": final.get("all_ids_ratio", float("nan")),
         "tokens_per_s": (step - start_step) * tokens_per_step / wall if step > start_step else 0,
         "wall_s": wall,
         "resumed_from": resumed_from,

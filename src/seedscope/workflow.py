@@ -174,8 +174,8 @@ def topk_lookup(resolved: ResolvedSuite, step: int, tokens: Any, rows: pd.DataFr
 def mean_pair_pearson(
     logprobs: dict[str, Any], pairs: list[tuple[str, str]], n_boot: int, seed: int
 ) -> dict[str, float]:
-    """Mean Pearson r over `pairs`, with a window-bootstrap CI: every pair is evaluated on
-    the same resampled windows, so the CI of the mean reflects shared eval-set noise."""
+    """Mean Pearson r over `pairs`, with a window-only bootstrap CI (eval-set noise only; the
+    seed-aware CI of the headline is `compare.seed_agreement`)."""
     import numpy as np
 
     from seedscope.stats import bootstrap_weights, pair_moments, pearson_statistic
@@ -201,15 +201,41 @@ def mean_pair_pearson(
 
 
 def pair_groups(resolved: ResolvedSuite) -> dict[str, list[tuple[str, str]]]:
-    """Pairs of runs grouped as 'within <size>' and 'across sizes'."""
-    import itertools
+    """Pairs of runs grouped as 'within <size>' (sizes with >= 2 seeds) and 'across sizes'."""
+    from seedscope.compare import seed_pairs
 
-    sizes = run_sizes(resolved)
-    groups: dict[str, list[tuple[str, str]]] = {}
-    for a, b in itertools.combinations(resolved.run_names, 2):
-        key = f"within {sizes[a]}" if sizes[a] == sizes[b] else "across sizes"
-        groups.setdefault(key, []).append((a, b))
-    return groups
+    return seed_pairs(resolved.run_names, run_sizes(resolved))
+
+
+def within_size_pairs(resolved: ResolvedSuite) -> list[tuple[str, str]]:
+    """Every pair of runs of the same size: the pairs a claim about seeds may use."""
+    return [
+        p for name, ps in pair_groups(resolved).items() if name.startswith("within") for p in ps
+    ]
+
+
+def across_size_pairs(resolved: ResolvedSuite) -> list[tuple[str, str]]:
+    """Every pair of runs of different sizes: size effects, reported apart."""
+    return pair_groups(resolved).get("across sizes", [])
+
+
+def odd_one_out_within_size(
+    logprobs: dict[str, Any], sizes: dict[str, str], k: int, floor: float
+) -> pd.DataFrame:
+    """`compare.odd_one_out` inside each size with >= 3 seeds (a run is compared with the
+    other seeds of its size, never with another size), keeping deviations above `floor` nats;
+    columns as odd_one_out's plus `size`. Empty when no size has 3 seeds."""
+    from seedscope.compare import odd_one_out, size_groups
+
+    frames = []
+    for size, members in size_groups(list(logprobs), sizes).items():
+        if len(members) < 3:
+            continue
+        odd = odd_one_out({r: logprobs[r] for r in members}, k=k)
+        frames.append(odd[odd["deviation"].abs() > floor].assign(size=size))
+    if not frames:
+        return pd.DataFrame()
+    return pd.concat(frames, ignore_index=True)
 
 
 def agreement_analysis(
@@ -221,9 +247,9 @@ def agreement_analysis(
 ) -> dict[str, Any]:
     """Analysis 1 at one step: agreement, outliers with context, enrichment, capability gaps.
 
+    Seed statistics use runs of the same size only (seed divergence, within-size gaps and
+    outliers); size differences get their own tables (size divergence, cross-size gaps).
     Writes tables to results/<stage>/ and figures to figures/<stage>/; returns both."""
-    import numpy as np
-
     from seedscope import compare
     from seedscope.io import write_parquet
     from seedscope.losses import load_logprobs
@@ -236,30 +262,58 @@ def agreement_analysis(
     labels = run_labels(resolved)
     sizes = run_sizes(resolved)
     columns = meta_columns(meta)
-    agreement = compare.pairwise_agreement(logprobs, cfg.n_boot, cfg.seed, sizes=sizes)
-    write_parquet(out / f"agreement_step{step}.parquet", agreement)
-    groups = {
-        name: mean_pair_pearson(logprobs, pairs, cfg.n_boot, cfg.seed)
-        for name, pairs in pair_groups(resolved).items()
-    }
-    result: dict[str, Any] = {"agreement": agreement, "groups": groups, "step": step}
-
-    # Tokens where seeds disagree: the top fraction by |difference|, pooled over pairs.
-    valid = compare.common_valid(logprobs)
-    disagreement = np.nanstd(np.stack([np.asarray(v) for v in logprobs.values()]), axis=0)
-    disagreement[~valid] = np.nan
-    flat = disagreement.ravel()
-    n_top = max(1, int(round(cfg.outlier_fraction * np.isfinite(flat).sum())))
-    mask = np.zeros(flat.size, dtype=bool)
-    mask[np.argsort(np.nan_to_num(flat, nan=-np.inf))[-n_top:]] = True
-    enrich = compare.enrichment(mask, meta, columns, valid=valid, window_len=tokens.shape[1])
-    write_parquet(out / f"enrichment_step{step}.parquet", enrich)
-    result["enrichment"] = enrich
-    gaps = compare.capability_gaps(logprobs, meta, columns, n_boot=cfg.n_boot, seed=cfg.seed)
-    write_parquet(out / f"capability_gaps_step{step}.parquet", gaps)
-    result["gaps"] = gaps
-
+    window_len = tokens.shape[1]
     suffix = f"step{step}"
+    agreement = compare.pairwise_agreement(logprobs, cfg.n_boot, cfg.seed, sizes=sizes)
+    write_parquet(out / f"agreement_{suffix}.parquet", agreement)
+    seed_agreement = compare.seed_agreement(logprobs, sizes, cfg.n_boot, cfg.seed)
+    write_parquet(out / f"seed_agreement_{suffix}.parquet", seed_agreement)
+    pearson = seed_agreement[seed_agreement["method"] == "pearson"]
+    groups = {
+        row["group"]: {**row, "n_pairs": int(row["n_pairs"])}
+        for row in pearson.to_dict("records")
+        if row["group"] != "within minus across"
+    }
+    result: dict[str, Any] = {
+        "agreement": agreement,
+        "seed_agreement": seed_agreement,
+        "groups": groups,
+        "step": step,
+    }
+
+    # Seed-divergent tokens: spread between seeds of one size (never between sizes).
+    strata = compare.loss_strata(logprobs, cfg.n_strata)
+    divergence = compare.seed_divergence(logprobs, sizes)
+    mask = compare.top_fraction_mask(divergence, cfg.outlier_fraction, cfg.divergence_floor)
+    enrich = compare.enrichment_bootstrap(
+        mask, meta, columns, strata, window_len, cfg.n_boot, cfg.seed, 1 - cfg.alpha
+    )
+    write_parquet(out / f"enrichment_{suffix}.parquet", enrich)
+    result.update(enrichment=enrich, n_seed_divergent=int(mask.sum()))
+    result["enrichment_headline"] = compare.enrichment_headline(
+        enrich, cfg.enrichment_min_tokens, cfg.alpha
+    )
+    # Size-divergent tokens: the same selection on the difference between sizes.
+    if len(set(sizes.values())) > 1:
+        size_mask = compare.top_fraction_mask(
+            compare.size_difference(logprobs, sizes), cfg.outlier_fraction, cfg.divergence_floor
+        )
+        size_enrich = compare.enrichment_bootstrap(
+            size_mask, meta, columns, strata, window_len, cfg.n_boot, cfg.seed, 1 - cfg.alpha
+        )
+        result.update(size_enrichment=size_enrich, n_size_divergent=int(size_mask.sum()))
+        write_parquet(out / f"size_enrichment_{suffix}.parquet", size_enrich)
+    gap_args = {"n_boot": cfg.n_boot, "seed": cfg.seed, "ci": 1 - cfg.alpha}
+    seed_pairs_ = within_size_pairs(resolved)
+    gaps = compare.capability_gaps(logprobs, meta, columns, pairs=seed_pairs_, **gap_args)
+    write_parquet(out / f"capability_gaps_{suffix}.parquet", gaps)
+    result["gaps"] = gaps
+    size_pairs = across_size_pairs(resolved)
+    if size_pairs:
+        size_gaps = compare.capability_gaps(logprobs, meta, columns, pairs=size_pairs, **gap_args)
+        write_parquet(out / f"size_gaps_{suffix}.parquet", size_gaps)
+        result["size_gaps"] = size_gaps
+
     result["figures"] = [
         register_figure(
             compare.scatter_grid(logprobs, labels=labels),
@@ -276,20 +330,26 @@ def agreement_analysis(
             f"Pearson correlation of per-token log-probs, step {step}",
             "seedscope.compare.correlation_heatmap",
         ),
-        register_figure(
-            compare.enrichment_forest(enrich),
-            stage,
-            f"enrichment_{suffix}",
-            f"What the tokens seeds disagree on have in common (step {step})",
-            "seedscope.compare.enrichment_forest",
-        ),
     ]
+    if len(enrich):
+        result["figures"].append(
+            register_figure(
+                compare.enrichment_forest(enrich, alpha=cfg.alpha),
+                stage,
+                f"enrichment_{suffix}",
+                f"What the tokens seeds (of one size) disagree on have in common (step {step})",
+                "seedscope.compare.enrichment_forest",
+            )
+        )
     if with_outliers:
         decode = corpus_decoder()
         k = cfg.n_outliers
-        pairs_table = compare.all_pair_outliers(logprobs, k=k, seed=cfg.seed)
-        pairs_table = pairs_table[pairs_table["kind"] == "abs_diff"].reset_index(drop=True)
-        odd = compare.odd_one_out(logprobs, k=k) if len(runs) >= 3 else pd.DataFrame()
+        pair_frames = [compare.pair_outliers(logprobs, a, b, k, cfg.seed) for a, b in seed_pairs_]
+        pairs_table = pd.concat(pair_frames, ignore_index=True)
+        pairs_table = pairs_table[
+            (pairs_table["kind"] == "abs_diff") & (pairs_table["diff"].abs() > cfg.divergence_floor)
+        ].reset_index(drop=True)
+        odd = odd_one_out_within_size(logprobs, sizes, k, cfg.divergence_floor)
         rows = pd.concat([pairs_table, odd], ignore_index=True)
         topk = topk_lookup(resolved, step, tokens, rows, cfg.top_k)
         pairs_table = compare.attach_context(
@@ -306,6 +366,83 @@ def agreement_analysis(
     return result
 
 
+def agreement_sentence(seed_agreement: pd.DataFrame, ci: float = 0.95) -> str:
+    """The agreement finding in words, from `compare.seed_agreement` (Pearson rows): each
+    group's mean r with its Multi-Bootstrap CI, the t-interval and range where seeds are few,
+    and whether within-size agreement differs from across-size agreement."""
+    rows = seed_agreement[seed_agreement["method"] == "pearson"].set_index("group")
+    level = f"{ci:.0%}"
+    parts = []
+    for group, row in rows.iterrows():
+        if group == "within minus across":
+            continue
+        text = (
+            f"pairs {group}: mean Pearson r = {row['value']:.3f} ({level} CI over seeds and "
+            f"windows {row['ci_low']:.3f}–{row['ci_high']:.3f}; {int(row['n_pairs'])} pairs of "
+            f"{int(row['n_runs'])} runs, pair range {row['pair_min']:.3f}–{row['pair_max']:.3f}"
+        )
+        if row["t_low"] == row["t_low"]:  # not NaN
+            text += f", t-interval over runs {row['t_low']:.3f}–{row['t_high']:.3f}"
+        parts.append(text + ")")
+    sentence = "; ".join(parts) + "."
+    if "within minus across" in rows.index:
+        d = rows.loc["within minus across"]
+        if d["ci_low"] > 0:
+            verdict = "runs of one size agree more than runs of different sizes"
+        elif d["ci_high"] < 0:
+            verdict = "runs of different sizes agree more than runs of one size"
+        else:
+            verdict = "within- and across-size agreement cannot be told apart"
+        sentence += (
+            f" Within minus across sizes: {d['value']:+.3f} ({level} CI "
+            f"{d['ci_low']:+.3f} to {d['ci_high']:+.3f}): {verdict}."
+        )
+    per_size = [g for g in rows.index if g.startswith("within ") and g != "within sizes"]
+    n_max = int(rows.loc[per_size, "n_runs"].max())
+    if n_max == 2:
+        sentence += (
+            " With 2 seeds per size there is one pair per size: resampling seeds cannot show "
+            "seed-to-seed variation, so these CIs reflect the eval windows only."
+        )
+    elif n_max <= 5:
+        sentence += (
+            f" With at most {n_max} seeds per size, a percentile bootstrap over seeds "
+            "under-covers: read the t-interval and the range beside it."
+        )
+    return sentence
+
+
+def enrichment_sentence(res: dict[str, Any], cfg: Any) -> str:
+    """The enrichment finding in words: how many seed-divergent tokens, and the headline
+    category (largest lower CI bound of the difficulty-stratified odds ratio among
+    BH-significant categories with enough tokens), or that none qualifies."""
+    n = res["n_seed_divergent"]
+    if n == 0:
+        return (
+            f"No token differs between seeds of one size by more than {cfg.divergence_floor} "
+            "nats: there are no seed-divergent tokens to characterise."
+        )
+    head = res["enrichment_headline"]
+    level = f"{1 - cfg.alpha:.0%}"
+    lead = (
+        f"The {n:,} most seed-divergent tokens (top {cfg.outlier_fraction:.1%} by the spread "
+        "between seeds of the same size)"
+    )
+    if head is None:
+        return (
+            f"{lead} are not enriched in any category of >= {cfg.enrichment_min_tokens:,} "
+            f"tokens at FDR {cfg.alpha}."
+        )
+    return (
+        f"{lead} are most reliably enriched in **{head['feature']} = {head['category']}** "
+        f"({int(head['n_tokens']):,} tokens): odds ratio stratified by loss decile "
+        f"{head['mh_odds_ratio']:.2f} ({level} window-bootstrap CI {head['mh_low']:.2f}–"
+        f"{head['mh_high']:.2f}; unstratified {head['odds_ratio']:.2f}, "
+        f"{head['ci_low']:.2f}–{head['ci_high']:.2f}; BH-adjusted p = "
+        f"{head['p_adjusted']:.2g})."
+    )
+
+
 def loss_correlation_stage(suite: dict[str, Any], loss_correlation: dict[str, Any]):
     """Stage `loss_correlation` (analysis 1) on the final checkpoint."""
     from seedscope.metrics import headline, write_metrics
@@ -315,31 +452,80 @@ def loss_correlation_stage(suite: dict[str, Any], loss_correlation: dict[str, An
     fresh_outputs("loss_correlation")
     res = agreement_analysis("loss_correlation", resolved, resolved.final_step, cfg)
     heads = {}
-    for name, g in res["groups"].items():
-        key = "pearson_" + name.replace(" ", "_")
+    level = f"{1 - cfg.alpha:.0%}"
+    for row in res["seed_agreement"].to_dict("records"):
+        if row["method"] != "pearson" and row["group"] != "within sizes":
+            continue
+        key = f"{row['method']}_" + row["group"].replace(" ", "_")
         heads[key] = headline(
-            g["value"],
-            f"mean Pearson r of per-token log-probs, pairs {name} (final step)",
-            (g["ci_low"], g["ci_high"]),
+            row["value"],
+            f"mean {row['method'].capitalize()} r of per-token log-probs, pairs {row['group']} "
+            f"(final step; {level} Multi-Bootstrap CI over seeds and windows)",
+            (row["ci_low"], row["ci_high"]),
         )
-    top = res["enrichment"].iloc[0]
-    heads["top_enriched_odds_ratio"] = headline(
-        top["odds_ratio"],
-        f"odds ratio of the most seed-divergent tokens in {top['feature']}={top['category']}",
-        (top["ci_low"], top["ci_high"]),
+    heads["n_seed_divergent_tokens"] = headline(
+        res["n_seed_divergent"],
+        f"tokens whose seeds (same size) differ by more than {cfg.divergence_floor} nats, top "
+        f"{cfg.outlier_fraction:.1%}",
     )
+    top = res["enrichment_headline"]
+    if top is not None:
+        heads["top_enriched_odds_ratio"] = headline(
+            top["mh_odds_ratio"],
+            f"loss-stratified odds ratio of seed-divergent tokens in "
+            f"{top['feature']}={top['category']} (largest lower CI bound, >= "
+            f"{cfg.enrichment_min_tokens} tokens, BH-significant)",
+            (top["mh_low"], top["mh_high"]),
+        )
     gaps = res["gaps"]
     heads["significant_gap_fraction"] = headline(
-        float(gaps["significant"].mean()),
-        "fraction of (pair, category) gaps significant at the final step",
+        float(gaps["significant"].mean()) if len(gaps) else 0.0,
+        f"fraction of (within-size pair, category) gaps significant at the final step "
+        f"(BH, FDR {cfg.alpha})",
     )
+    if "size_gaps" in res:
+        heads["significant_size_gap_fraction"] = headline(
+            float(res["size_gaps"]["significant"].mean()),
+            f"fraction of (cross-size pair, category) gaps significant at the final step "
+            f"(BH, FDR {cfg.alpha}): size effects",
+        )
     res["metrics"] = write_metrics(
         "loss_correlation",
         heads,
-        details={"top_enriched": res["enrichment"].head(10).to_dict("records")},
+        details={
+            "seed_agreement": json_records(res["seed_agreement"]),
+            "top_enriched": json_records(res["enrichment"].head(10)),
+            "top_size_enriched": json_records(res.get("size_enrichment", pd.DataFrame()).head(10)),
+        },
         provenance=stage_provenance("loss_correlation", resolved, [resolved.final_step], cfg),
     )
+    res["config"] = cfg
     return res
+
+
+def gaps_sentence(gaps: pd.DataFrame, what: str, alpha: float, step: int) -> str:
+    """How many (pair, category) gaps of one kind ('seed': pairs of one size, 'size': pairs
+    of different sizes) are significant at a step, with the FDR level used."""
+    if gaps is None or len(gaps) == 0:
+        return f"No {what} gaps were tested at step {step}."
+    n_sig = int(gaps["significant"].sum())
+    return (
+        f"{n_sig} of {len(gaps)} {what} gaps (pair x category) are significant at step {step} "
+        f"(Benjamini-Hochberg over all {len(gaps)} tests, FDR {alpha:g})."
+    )
+
+
+def json_records(frame: pd.DataFrame | None) -> list[dict[str, Any]]:
+    """Table rows as JSON-safe dicts: NaN and inf become None (metrics files hold no NaN)."""
+    import math
+
+    if frame is None or len(frame) == 0:
+        return []
+    records = frame.to_dict("records")
+    return [
+        {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in rec.items()}
+        for rec in records
+    ]
 
 
 # ----------------------------------------------------------------------------- analysis 2
@@ -372,9 +558,14 @@ def subset_logprobs_by_step(resolved: ResolvedSuite) -> dict[int, dict[str, Any]
 
 
 def convergence_stage(suite: dict[str, Any], convergence: dict[str, Any]):
-    """Stage `convergence` (analysis 2): agreement at mid; do mid-training gaps close?"""
+    """Stage `convergence` (analysis 2): agreement at mid; do mid-training gaps close?
+
+    Seed gaps (pairs of one size) answer the question; gaps between sizes are reported
+    apart. "Closed" = equivalent to no gap within `margin` nats, never "no longer
+    significant" (`compare.gap_change`)."""
     from seedscope import compare
     from seedscope.io import write_parquet
+    from seedscope.losses import load_logprobs
     from seedscope.metrics import headline, write_metrics
     from seedscope.paths import metrics_dir
     from seedscope.plots import register_figure
@@ -386,13 +577,34 @@ def convergence_stage(suite: dict[str, Any], convergence: dict[str, Any]):
     final = agreement_analysis(
         "convergence", resolved, resolved.final_step, cfg, with_outliers=False
     )
-    table, summary = compare.gap_convergence(mid["gaps"], final["gaps"], ci=1 - cfg.alpha)
+    _, meta = load_eval_data()
+    root, runs, sizes = token_losses_root(resolved), resolved.run_names, run_sizes(resolved)
+    lp_mid = load_logprobs(root, runs, resolved.mid_step)
+    lp_final = load_logprobs(root, runs, resolved.final_step)
+    change_args = {
+        "margin": cfg.margin,
+        "alpha": cfg.alpha,
+        "n_boot": cfg.n_boot,
+        "seed": cfg.seed,
+        "sizes": sizes,
+    }
+    columns = meta_columns(meta)
+    table, summary = compare.gap_change(
+        lp_mid, lp_final, meta, columns, within_size_pairs(resolved), **change_args
+    )
     write_parquet(out / "gap_convergence.parquet", table)
+    size_table, size_summary = pd.DataFrame(), None
+    if across_size_pairs(resolved):
+        size_table, size_summary = compare.gap_change(
+            lp_mid, lp_final, meta, columns, across_size_pairs(resolved), **change_args
+        )
+        write_parquet(out / "size_gap_convergence.parquet", size_table)
     over = compare.agreement_over_training(
         subset_logprobs_by_step(resolved),
         n_boot=cfg.n_boot,
         seed=cfg.seed,
-        sizes=run_sizes(resolved),
+        sizes=sizes,
+        ci=1 - cfg.alpha,
     )
     write_parquet(out / "agreement_over_training.parquet", over)
     labels = run_labels(resolved)
@@ -413,26 +625,44 @@ def convergence_stage(suite: dict[str, Any], convergence: dict[str, Any]):
         plot.to_csv(tmp, index=False, float_format="%.6g")
     first, last = plot.iloc[0], plot.iloc[-1]
     heads = {}
-    for name, g in mid["groups"].items():
-        heads["mid_pearson_" + name.replace(" ", "_")] = headline(
-            g["value"],
-            f"mean Pearson r, pairs {name}, at mid step {resolved.mid_step}",
-            (g["ci_low"], g["ci_high"]),
-        )
-    for name, g in final["groups"].items():
-        heads["final_pearson_" + name.replace(" ", "_")] = headline(
-            g["value"],
-            f"mean Pearson r, pairs {name}, at final step {resolved.final_step}",
-            (g["ci_low"], g["ci_high"]),
-        )
+    level = f"{1 - cfg.alpha:.0%}"
+    for when, res, step in (
+        ("mid", mid, resolved.mid_step),
+        ("final", final, resolved.final_step),
+    ):
+        for name, g in res["groups"].items():
+            heads[f"{when}_pearson_" + name.replace(" ", "_")] = headline(
+                g["value"],
+                f"mean Pearson r, pairs {name}, at {when} step {step} ({level} Multi-Bootstrap "
+                "CI over seeds and windows)",
+                (g["ci_low"], g["ci_high"]),
+            )
     heads["n_gaps_mid"] = headline(
-        summary["n_significant_mid"], "capability gaps significant at mid-training"
+        summary["n_significant_mid"],
+        f"seed capability gaps (pairs of one size) significant at mid-training (BH, FDR "
+        f"{cfg.alpha})",
     )
+    for status in ("closed", "shrank", "persisted", "grew"):
+        heads[f"n_gaps_{status}"] = headline(
+            summary[f"n_{status}"], f"mid-training seed gaps that {status} by the end"
+        )
     heads["fraction_gaps_closed"] = headline(
         summary["fraction_closed"],
-        "fraction of mid-training gaps closed by the end",
+        f"fraction of mid-training seed gaps closed by the end (final gap within "
+        f"+-{cfg.margin} nats; {level} CI over seeds and windows)",
         (summary["fraction_closed_low"], summary["fraction_closed_high"]),
     )
+    if size_summary is not None:
+        heads["n_size_gaps_mid"] = headline(
+            size_summary["n_significant_mid"],
+            f"size capability gaps (pairs of different sizes) significant at mid-training "
+            f"(BH, FDR {cfg.alpha})",
+        )
+        heads["fraction_size_gaps_closed"] = headline(
+            size_summary["fraction_closed"],
+            f"fraction of mid-training size gaps closed by the end (within +-{cfg.margin} nats)",
+            (size_summary["fraction_closed_low"], size_summary["fraction_closed_high"]),
+        )
     heads["pearson_first_step"] = headline(
         first["pearson"],
         f"mean within-size Pearson r at step {int(first['step'])} (trajectory token subset)",
@@ -441,19 +671,24 @@ def convergence_stage(suite: dict[str, Any], convergence: dict[str, Any]):
         last["pearson"],
         f"mean within-size Pearson r at step {int(last['step'])} (trajectory token subset)",
     )
+    clean = {k: (v if v == v else None) for k, v in summary.items()}  # NaN -> None
+    clean_size = {k: (v if v == v else None) for k, v in (size_summary or {}).items()}
     metrics = write_metrics(
         "convergence",
         heads,
-        details={"gap_summary": summary},
+        details={"gap_summary": clean, "size_gap_summary": clean_size},
         provenance=stage_provenance(
             "convergence", resolved, [resolved.mid_step, resolved.final_step], cfg
         ),
     )
     return {
+        "config": cfg,
         "mid": mid,
         "final": final,
         "gap_table": table,
         "gap_summary": summary,
+        "size_gap_table": size_table,
+        "size_gap_summary": size_summary,
         "over_training": over,
         "figure": fig,
         "metrics": metrics,
@@ -461,45 +696,59 @@ def convergence_stage(suite: dict[str, Any], convergence: dict[str, Any]):
 
 
 def agreement_summary(res: dict[str, Any]) -> pd.DataFrame:
-    """Mean pairwise Pearson r per pair group at mid-training and at the end."""
+    """Mean pairwise Pearson r per pair group at mid-training and at the end, with the
+    Multi-Bootstrap CI (seeds and windows), the t-interval over runs and the pair range."""
     rows = []
     for when in ("mid", "final"):
-        for name, g in res[when]["groups"].items():
+        table = res[when]["seed_agreement"]
+        for row in table[table["method"] == "pearson"].to_dict("records"):
             rows.append(
                 {
                     "checkpoint": f"{when} (step {res[when]['step']})",
-                    "pairs": name,
-                    "mean Pearson r": g["value"],
-                    "ci_low": g["ci_low"],
-                    "ci_high": g["ci_high"],
+                    "pairs": row["group"],
+                    "mean Pearson r": row["value"],
+                    "ci_low": row["ci_low"],
+                    "ci_high": row["ci_high"],
+                    "t_low": row["t_low"],
+                    "t_high": row["t_high"],
+                    "pair_min": row["pair_min"],
+                    "pair_max": row["pair_max"],
+                    "n_runs": row["n_runs"],
                 }
             )
     return pd.DataFrame(rows)
 
 
-def convergence_sentence(summary: dict[str, Any], mid_step: int, final_step: int) -> str:
-    """The one-sentence answer: have mid-training capability gaps closed by the end?"""
+def convergence_sentence(
+    summary: dict[str, Any], mid_step: int, final_step: int, what: str = "seed"
+) -> str:
+    """The one-sentence answer: have mid-training capability gaps (`what`: 'seed' = pairs
+    of one size, 'size' = pairs of different sizes) closed by the end? Closed = the final
+    gap is equivalent to none within the margin; the FDR level and margin printed are the
+    ones used."""
     n = int(summary["n_significant_mid"])
-    if n == 0:
-        return (
-            f"No category showed a significant gap between runs at step {mid_step}, so "
-            "there was nothing to converge."
-        )
-    frac = summary["fraction_closed"]
-    verdict = (
-        "largely converged"
-        if frac >= 0.75
-        else "partly converged"
-        if frac >= 0.25
-        else "not converged"
+    alpha, margin = summary["alpha"], summary["margin"]
+    tests = (
+        f"{summary['n_tests']} {what} gaps tested at step {mid_step}, Benjamini-Hochberg at "
+        f"FDR {alpha:g}"
     )
+    if n == 0:
+        return f"No {what} capability gap was significant ({tests}), so there was nothing to close."
+    frac = summary["fraction_closed"]
+    counts = ", ".join(
+        f"{int(summary[f'n_{s}'])} {s}" for s in ("closed", "shrank", "persisted", "grew")
+    )
+    ci = ""
+    if summary["fraction_closed_low"] == summary["fraction_closed_low"]:
+        ci = (
+            f" ({frac:.0%} closed, {1 - alpha:.0%} CI over seeds and windows "
+            f"{summary['fraction_closed_low']:.0%}–{summary['fraction_closed_high']:.0%})"
+        )
     return (
-        f"Of {n} capability gaps significant at step {mid_step}, "
-        f"{int(summary['n_closed'])} ({frac:.0%}, 95% CI "
-        f"{summary['fraction_closed_low']:.0%}–{summary['fraction_closed_high']:.0%}) "
-        f"were no longer significant at step {final_step}, "
-        f"{int(summary['n_persisted'])} persisted and {int(summary['n_reversed'])} "
-        f"reversed: the runs have {verdict} by the end."
+        f"Of {n} {what} capability gaps significant at step {mid_step} ({tests}), by step "
+        f"{final_step}: {counts}{ci}. Closed means the final gap's {1 - 2 * alpha:.0%} CI lies "
+        f"within ±{margin:g} nats of mean log-prob (equivalence), not merely that it stopped "
+        "being significant; shrank / grew = the CI of |final gap| − |mid gap| excludes 0."
     )
 
 
@@ -507,7 +756,14 @@ def convergence_sentence(summary: dict[str, Any], mid_step: int, final_step: int
 
 
 def loss_pca_stage(suite: dict[str, Any], loss_pca: dict[str, Any]):
-    """Stage `loss_pca` (analysis 3): PCA of per-token losses across runs (and checkpoints)."""
+    """Stage `loss_pca` (analysis 3): PCA of per-token losses across runs (and checkpoints).
+
+    Two views: the raw matrix (shared difficulty, size) and the matrix centred within size
+    (the seed question). A component is described in words only if it beats a permutation
+    null (parallel analysis) and spreads by at least `min_component_sd` nats; described seed
+    components get leave-one-seed-out and bootstrap subspace angles."""
+    import numpy as np
+
     from seedscope import compare, pca
     from seedscope.io import write_parquet
     from seedscope.losses import load_logprobs
@@ -522,12 +778,29 @@ def loss_pca_stage(suite: dict[str, Any], loss_pca: dict[str, Any]):
     root = token_losses_root(resolved)
     final = load_logprobs(root, runs, resolved.final_step)
     labels, sizes = run_labels(resolved), run_sizes(resolved)
+    seeds = {r.name: r.seed for r in resolved.suite.runs}
+    test_args = {
+        "n_permutations": cfg.n_permutations,
+        "seed": cfg.seed,
+        "alpha": cfg.alpha,
+        "min_sd": cfg.min_component_sd,
+    }
     matrix = pca.loss_matrix(final)
     k = min(cfg.n_components, len(runs))
     result = pca.fit_pca(matrix, n_components=k, seed=cfg.seed)
     variance = pca.explained_variance_ci(matrix, n_boot=cfg.n_boot, seed=cfg.seed, n_components=k)
+    raw_tests = pca.seed_components(
+        matrix, [list(range(len(runs)))], test_first_separately=True, **test_args
+    )
     predictors = pca.score_predictors(result, meta, meta_columns(meta), n_components=min(3, k))
-    descriptions = pca.describe_components(result, predictors, min(3, k), sizes, labels)
+    described_raw = pca.describe_components(result, predictors, min(3, k), sizes, labels)
+    descriptions = [
+        line
+        if raw_tests.loc[c, "described"]
+        else f"PC{c + 1}: no structure beyond noise, {raw_tests.loc[c, 'ratio']:.3f} of variance "
+        f"(parallel analysis p = {raw_tests.loc[c, 'p_value']:.2g})"
+        for c, line in enumerate(described_raw)
+    ]
     extremes = pca.component_extremes(result, k=cfg.n_extremes, n_components=min(3, k))
     extremes = compare.attach_context(
         extremes, tokens, corpus_decoder(), final, runs=[], n_before=cfg.context_tokens
@@ -536,13 +809,46 @@ def loss_pca_stage(suite: dict[str, Any], loss_pca: dict[str, Any]):
     write_parquet(out / "loadings.parquet", result.loadings.reset_index(names="component"))
     write_parquet(out / "predictors.parquet", predictors)
     write_parquet(out / "extremes.parquet", extremes)
-    # The variant: tokens x (runs x checkpoints), mid and final.
+    write_parquet(out / "raw_component_tests.parquet", raw_tests)
+    # The seed view: losses centred within size, tested against runs exchangeable per token.
+    seed_matrix = pca.loss_matrix_within_size(final, sizes)
+    size_cols: dict[str, list[int]] = {}
+    for j, run in enumerate(seed_matrix.runs):
+        size_cols.setdefault(sizes[run], []).append(j)
+    seed_tests = pca.seed_components(seed_matrix, list(size_cols.values()), **test_args)
+    seed_tests["described"] = seed_tests["described"].cumprod().astype(bool)  # leading ones
+    n_seed = int(seed_tests["described"].sum())
+    seed_lines = pca.seed_component_lines(
+        seed_tests, seed_matrix, labels, sizes, n_show=min(3, k), seeds=seeds
+    )
+    stability = pca.subspace_stability(
+        seed_matrix, n_seed, seeds, sizes, final, n_boot=cfg.n_boot, seed=cfg.seed
+    )
+    write_parquet(out / "seed_component_tests.parquet", seed_tests)
+    write_parquet(out / "seed_stability.parquet", stability)
+    raw_total = float(np.var(matrix.values.astype(np.float64), axis=0, ddof=1).sum())
+    seed_total = float(seed_tests["eigenvalue"].sum())
+    # The variant: tokens x (runs x checkpoints), mid and final, tested like the raw view.
     mid = load_logprobs(root, runs, resolved.mid_step)
     matrix_ckpt = pca.loss_matrix_checkpoints({resolved.mid_step: mid, resolved.final_step: final})
     result_ckpt = pca.fit_pca(
         matrix_ckpt, n_components=min(cfg.n_components, 2 * len(runs)), seed=cfg.seed
     )
-    descriptions_ckpt = pca.describe_components(result_ckpt, None, min(3, k), sizes, labels)
+    ckpt_tests = pca.seed_components(
+        matrix_ckpt,
+        [list(range(len(matrix_ckpt.labels)))],
+        test_first_separately=True,
+        **test_args,
+    )
+    descriptions_ckpt = [
+        line
+        if ckpt_tests.loc[c, "described"]
+        else f"PC{c + 1}: no structure beyond noise (parallel analysis p = "
+        f"{ckpt_tests.loc[c, 'p_value']:.2g})"
+        for c, line in enumerate(
+            pca.describe_components(result_ckpt, None, min(3, k), sizes, labels)
+        )
+    ]
     write_parquet(
         out / "loadings_checkpoints.parquet", result_ckpt.loadings.reset_index(names="component")
     )
@@ -588,17 +894,51 @@ def loss_pca_stage(suite: dict[str, Any], loss_pca: dict[str, Any]):
                 "seedscope.pca.score_distribution_plot",
             )
         )
+    if n_seed:
+        seed_result = pca.fit_pca(seed_matrix, n_components=n_seed, seed=cfg.seed)
+        figs.append(
+            register_figure(
+                pca.loadings_plot(seed_result, n_seed, colors, labels),
+                "loss_pca",
+                "seed_loadings",
+                "Loadings of the seed components (losses centred within size)",
+                "seedscope.pca.loadings_plot",
+            )
+        )
     heads = {}
     for _, row in variance.head(3).iterrows():
         heads[f"{row['component'].lower()}_variance"] = headline(
             row["ratio"],
-            f"fraction of per-token loss variance explained by {row['component']}",
+            f"fraction of per-token loss variance explained by {row['component']} (raw view)",
             (row["ci_low"], row["ci_high"]),
         )
+    heads["seed_variance_share"] = headline(
+        seed_total / raw_total if raw_total > 0 else 0.0,
+        "share of per-token loss variance between seeds of one size (within-size centred)",
+    )
+    heads["n_seed_components"] = headline(
+        n_seed,
+        f"seed components beyond noise (parallel analysis, {cfg.n_permutations} permutations, "
+        f"alpha {cfg.alpha}; sd >= {cfg.min_component_sd} nats)",
+    )
     metrics = write_metrics(
         "loss_pca",
         heads,
-        details={"components": descriptions, "components_checkpoints": descriptions_ckpt},
+        details={
+            "components": descriptions,
+            "seed_components": seed_lines,
+            "components_checkpoints": descriptions_ckpt,
+            "seed_component_tests": json_records(seed_tests),
+            "raw_component_tests": json_records(raw_tests),
+            "seed_stability": json_records(
+                stability.groupby("kind")["angle_deg"]
+                .agg(["median", "max", lambda a: float(np.percentile(a, 95))])
+                .set_axis(["median_deg", "max_deg", "p95_deg"], axis=1)
+                .reset_index()
+                if len(stability)
+                else None
+            ),
+        },
         provenance=stage_provenance(
             "loss_pca", resolved, [resolved.mid_step, resolved.final_step], cfg
         ),
@@ -608,11 +948,41 @@ def loss_pca_stage(suite: dict[str, Any], loss_pca: dict[str, Any]):
         "variance": variance,
         "predictors": predictors,
         "descriptions": descriptions,
+        "raw_tests": raw_tests,
+        "seed_tests": seed_tests,
+        "seed_descriptions": seed_lines,
+        "n_seed_components": n_seed,
+        "stability": stability,
         "descriptions_checkpoints": descriptions_ckpt,
         "extremes": extremes,
         "figures": figs,
         "metrics": metrics,
     }
+
+
+def pca_sentence(res: dict[str, Any]) -> str:
+    """The seed finding of analysis 3 in words, from the tests (never typed)."""
+    n = res["n_seed_components"]
+    share = res["metrics"]["headline"]["seed_variance_share"]["value"] or 0.0
+    lead = f"Between seeds of one size lies {share:.2%} of the per-token loss variance. "
+    if n == 0:
+        return lead + (
+            "No component of it stands out from noise (parallel analysis against runs "
+            "exchangeable per token): no structure beyond noise among the seeds."
+        )
+    stab = res["stability"]
+    text = (
+        lead
+        + f"{n} seed component(s) beat the permutation null: "
+        + "; ".join(res["seed_descriptions"][:n])
+    )
+    if len(stab):
+        parts = [
+            f"{kind} largest angle median {grp.median():.0f}°, max {grp.max():.0f}°"
+            for kind, grp in stab.groupby("kind")["angle_deg"]
+        ]
+        text += ". Stability of that subspace: " + "; ".join(parts)
+    return text + "."
 
 
 # ----------------------------------------------------------------------------- analysis 4
@@ -865,20 +1235,23 @@ def select_trajectory_tokens(
     resolved: ResolvedSuite, n_divergent: int, n_random: int, seed: int
 ) -> pd.DataFrame:
     """Which subset tokens to classify: the `n_divergent` whose final-step log-probs differ
-    most between seeds (sd across runs) and `n_random` drawn uniformly (seeded) from the
-    whole subset as the baseline. One row per subset token: index (flat eval index),
-    divergence, divergent (bool), random (bool)."""
+    most between seeds of the same size (`compare.seed_divergence`: a size difference is
+    not a seed difference; tokens on which the seeds agree exactly are never divergent) and
+    `n_random` drawn uniformly (seeded) from the whole subset as the baseline. One row per
+    subset token: index (flat eval index), divergence, divergent (bool), random (bool)."""
     import numpy as np
 
+    from seedscope.compare import seed_divergence
     from seedscope.losses import load_logprobs
 
     subset = trajectory_subset(resolved)
     final = load_logprobs(token_losses_root(resolved), resolved.run_names, resolved.final_step)
-    values = np.stack([np.asarray(v).ravel()[subset] for v in final.values()])
-    divergence = np.nanstd(values, axis=0)
+    values = {r: np.asarray(v).ravel()[subset][None, :] for r, v in final.items()}
+    divergence = seed_divergence(values, run_sizes(resolved)).ravel()
     order = np.argsort(-np.nan_to_num(divergence, nan=-np.inf), kind="stable")
     divergent = np.zeros(subset.size, dtype=bool)
     divergent[order[: min(n_divergent, subset.size)]] = True
+    divergent &= np.nan_to_num(divergence) > 0
     rng = np.random.default_rng(seed)
     random = np.zeros(subset.size, dtype=bool)
     random[rng.choice(subset.size, size=min(n_random, subset.size), replace=False)] = True
@@ -1056,25 +1429,28 @@ def sample_window_text(meta: pd.DataFrame, window: int = 0, width: int = 128) ->
 
 
 def training_curve(resolved: ResolvedSuite, run: str, steps: list[int]):
-    """A run's training loss, smoothed (mean over the steps since the previous checkpoint),
-    at the checkpoint steps >= 1: the curve whose non-convex bump Olsson et al. relate to
-    the induction phase change. Returns (steps, loss)."""
+    """A run's training loss at the checkpoint steps >= 1, estimated without a shift
+    (`induction.centred_training_loss`: a local linear fit centred on each step): the
+    curve whose non-convex bump Olsson et al. relate to the induction phase change.
+    Returns (steps, loss)."""
+    from seedscope import induction as ind
+
+    run_obj = resolved.suite.run(run)
+    log = pd.read_parquet(
+        results_dir() / "train" / f"{run_obj.repo_id.replace('/', '--')}.loss.parquet"
+    )
+    at = [s for s in steps if s >= 1]
+    return ind.centred_training_loss(log["step"].to_numpy(), log["loss"].to_numpy(), at)
+
+
+def _probe_counts():  # type: ignore[no-untyped-def]
+    """Training token counts from the corpus stage, or None (hub suites with no counts)."""
     import numpy as np
 
-    log = training_log(resolved, run)
-    if log is None:  # a hub suite that publishes no training log (e.g. Pythia)
-        return np.asarray([], dtype=int), np.asarray([], dtype=float)
-    out_steps, out_loss = [], []
-    previous = 0
-    for step in steps:
-        if step < 1:
-            continue
-        chunk = log[(log["step"] > previous) & (log["step"] <= step)]["loss"]
-        if len(chunk):
-            out_steps.append(step)
-            out_loss.append(float(chunk.mean()))
-        previous = step
-    return np.asarray(out_steps), np.asarray(out_loss)
+    from seedscope.paths import corpus_dir
+
+    path = corpus_dir() / "train_token_counts.npy"
+    return np.load(path) if path.exists() else None
 
 
 def induction_stage(suite: dict[str, Any], induction: dict[str, Any]):
@@ -1090,41 +1466,51 @@ def induction_stage(suite: dict[str, Any], induction: dict[str, Any]):
     from seedscope.metrics import headline, write_metrics
     from seedscope.paths import metrics_dir
     from seedscope.plots import register_figure
-    from seedscope.stats import bootstrap_mean
+    from seedscope.stats import t_interval
 
     resolved = resolve_suite(suite)
     cfg = stage_config("induction", induction)
     steps = [resolved.suite.check_step(s) for s in resolve_steps(resolved, cfg.steps)]
     out, _ = fresh_outputs("induction")
     tokens, _ = load_eval_data()
-    icl_windows = tokens[: cfg.n_seqs]
+    icl_windows = tokens[: cfg.icl_windows]
+    bands = ind.icl_bands(icl_windows.shape[1] - 1, cfg.icl_early, cfg.icl_late)
+    counts = _probe_counts()
     torch.set_num_threads(cfg.threads)
-    seqs = None
-    head_rows, curve_rows, per_seq = [], [], {}
+    seqs = seqs_all = None
+    head_rows, curve_rows, per_seq, all_ids = [], [], {}, {}
     units = [(run, step) for run in resolved.run_names for step in steps]
     for run, step in tqdm(units, desc="induction", unit="checkpoint"):
         model, tokenizer = load_checkpoint(resolved.suite, run, step)
         if seqs is None:
             special = sorted(set(tokenizer.all_special_ids))
+            vocab = model.config.vocab_size
+            allowed = ind.probe_token_ids(counts, vocab, cfg.probe_min_count, special)
             seqs = ind.repeated_random_tokens(
-                model.config.vocab_size,
-                cfg.n_seqs,
-                cfg.half_len,
-                cfg.seed,
-                bos_id=special[0],
-                exclude_ids=special,
+                vocab, cfg.n_seqs, cfg.half_len, cfg.seed, special[0], special, allowed
+            )
+            seqs_all = ind.repeated_random_tokens(
+                vocab, cfg.n_seqs, cfg.half_len, cfg.seed, special[0], special
             )
         with torch.inference_mode():
             scores = ind.head_scores(model, seqs, cfg.batch_size, per_sequence=True)
         heads = scores.groupby(["layer", "head", "head_name"], as_index=False)[
-            ["induction", "prev_token"]
+            ["induction", "tl_induction", "prev_token"]
         ].mean()
         best = heads.loc[heads["induction"].idxmax()]
         best_seq = scores[scores["head_name"] == best["head_name"]].sort_values("seq")
         lp = token_logprobs(model, icl_windows, batch_size=cfg.batch_size, device="cpu")
-        icl = ind.icl_score(-lp[:, 1:], per_window=True)
+        icl = ind.icl_score(-lp[:, 1:], early=bands[0], late=bands[1], per_window=True)
         first, second = scores.attrs["first_copy_loss"], scores.attrs["second_copy_loss"]
         per_seq[(run, step)] = (best_seq["induction"].to_numpy(), icl)
+        if step == steps[-1]:  # the same probe over every id of the vocabulary, beside it
+            with torch.inference_mode():
+                every = ind.head_scores(model, seqs_all, cfg.batch_size)
+            all_ids[run] = (
+                float(every["induction"].max()),
+                float(np.mean(every.attrs["second_copy_loss"]))
+                / float(np.mean(every.attrs["first_copy_loss"])),
+            )
         heads.attrs.clear()  # per-sequence arrays ride along in attrs; keep tables plain
         head_rows.append(heads.assign(run=run, step=step))
         curve_rows.append(
@@ -1133,6 +1519,8 @@ def induction_stage(suite: dict[str, Any], induction: dict[str, Any]):
                 "step": step,
                 "induction": float(best["induction"]),
                 "best_head": best["head_name"],
+                "tl_induction": float(heads["tl_induction"].max()),
+                "tl_best_head": heads.loc[heads["tl_induction"].idxmax(), "head_name"],
                 "prev_token": float(heads["prev_token"].max()),
                 "icl": float(np.mean(icl)),
                 "first_copy_loss": float(np.mean(first)),
@@ -1145,39 +1533,66 @@ def induction_stage(suite: dict[str, Any], induction: dict[str, Any]):
     write_parquet(out / "head_scores.parquet", head_table)
     write_parquet(out / "curves.parquet", curves)
     sizes = run_sizes(resolved)
-    changes = []
+    changes, lag_rows = [], []
+    nan = float("nan")
     for run in resolved.run_names:
         ind_values = np.stack([per_seq[(run, s)][0] for s in steps])  # [n_steps, n_seqs]
-        icl_values = np.stack([per_seq[(run, s)][1] for s in steps])
-        jump = ind.detect_phase_change(steps, ind_values, cfg.n_boot, cfg.seed)
-        icl_jump = ind.detect_phase_change(steps, icl_values, cfg.n_boot, cfg.seed)
+        icl_values = np.stack([per_seq[(run, s)][1] for s in steps])  # [n_steps, n_windows]
+        jump = ind.fit_phase_change(
+            steps, ind_values, cfg.n_boot, cfg.seed,
+            min_amplitude=cfg.phase_min_amplitude, min_r2=cfg.phase_min_r2,
+        )  # fmt: skip
+        icl_jump = ind.fit_phase_change(
+            steps, icl_values, cfg.n_boot, cfg.seed,
+            min_amplitude=cfg.icl_min_amplitude, min_r2=cfg.phase_min_r2,
+        )  # fmt: skip
         curve_steps, loss = training_curve(resolved, run, steps)
-        has_log = len(curve_steps) >= 5  # the bump needs a logged loss at >= 5 checkpoints
-        bump = ind.training_loss_bump(curve_steps, loss) if has_log else None
-        together = ind.phase_changes_coincide(steps, jump.step, icl_jump.step, bump)
+        bump = ind.training_loss_bump(curve_steps, loss)
         final = curves[(curves["run"] == run) & (curves["step"] == steps[-1])].iloc[0]
-        formed = bool(final["induction"] > 0.3 and final["copy_loss_ratio"] < 0.5)
+        formed = bool(
+            final["induction"] >= cfg.formed_score
+            and final["copy_loss_ratio"] <= cfg.formed_copy_ratio
+        )
+        ind_step = jump.midpoint if formed and jump.detected else nan
+        icl_step = icl_jump.midpoint if icl_jump.detected else nan
+        bump_step = bump["steepest"] if bump else nan
+        ind_boot = ind.bootstrap_midpoints(steps, ind_values, cfg.n_boot, cfg.seed)
+        icl_boot = ind.bootstrap_midpoints(steps, icl_values, cfg.n_boot, cfg.seed + 1)
+        for other, value, boot in (("icl", icl_step, icl_boot), ("bump", bump_step, None)):
+            lag = (
+                ind.signed_lags(ind_step, value, ind_boot, boot)
+                if np.isfinite(ind_step) and np.isfinite(value)
+                else {"lag": nan, "ci_low": nan, "ci_high": nan}
+            )
+            lag_rows.append({"run": run, "size": sizes[run], "versus": other, **lag})
         changes.append(
             {
                 "run": run,
                 "size": sizes[run],
                 "seed": resolved.suite.run(run).seed,
-                "step": jump.step if formed else np.nan,
+                "step": jump.step if formed and jump.detected else np.nan,
+                "midpoint": ind_step,
                 "fitted_step": jump.midpoint,
                 "ci_low": jump.ci_low,
                 "ci_high": jump.ci_high,
                 "onset": jump.onset,
                 "end": jump.end,
                 "r2": jump.r2,
-                "icl_step": icl_jump.step,
+                "amplitude": jump.amplitude,
+                "jump_detected": jump.detected,
+                "no_jump_reason": jump.reason,
+                "icl_step": icl_step,
+                "icl_detected": icl_jump.detected,
+                "icl_no_jump_reason": icl_jump.reason,
+                "bump_step": bump_step,
                 "bump_start": bump["start"] if bump else np.nan,
                 "bump_end": bump["end"] if bump else np.nan,
-                "coincide_induction_icl": together["induction_icl"],
-                "coincide_induction_bump": together["induction_bump"],
-                "training_log": has_log,
                 "formed": formed,
                 "final_induction": float(final["induction"]),
+                "final_tl_induction": float(final["tl_induction"]),
                 "final_copy_loss_ratio": float(final["copy_loss_ratio"]),
+                "final_induction_all_ids": all_ids[run][0],
+                "final_copy_loss_ratio_all_ids": all_ids[run][1],
                 "n_checkpoints_in_change": int(
                     np.sum((np.asarray(steps) >= jump.onset) & (np.asarray(steps) <= jump.end))
                 ),
@@ -1185,7 +1600,15 @@ def induction_stage(suite: dict[str, Any], induction: dict[str, Any]):
         )
     change_table = pd.DataFrame(changes)
     write_parquet(out / "phase_changes.parquet", change_table)
-    formed = change_table[change_table["formed"]]
+    lags = pd.DataFrame(lag_rows)
+    write_parquet(out / "lags.parquet", lags)
+    coincidence = {
+        other: ind.coincidence_test(
+            change_table, "midpoint", col, by="size", n_perm=cfg.n_perm, seed=cfg.seed
+        )
+        for other, col in (("icl", "icl_step"), ("bump", "bump_step"))
+    }
+    formed = change_table[change_table["formed"] & change_table["jump_detected"]]
     summary = (
         ind.phase_change_summary(formed, value="step", by="size") if len(formed) else pd.DataFrame()
     )
@@ -1259,29 +1682,62 @@ def induction_stage(suite: dict[str, Any], induction: dict[str, Any]):
     heads_metrics = {
         "fraction_formed": headline(
             float(change_table["formed"].mean()),
-            "fraction of runs whose best head ends above "
-            "0.3 induction score with second-copy loss below half the first",
-        )
+            f"fraction of runs whose best head ends at induction score >= {cfg.formed_score:g} "
+            f"with second-copy loss <= {cfg.formed_copy_ratio:g} x the first",
+        ),
+        "fraction_jump_detected": headline(
+            float((change_table["formed"] & change_table["jump_detected"]).mean()),
+            "fraction of runs that formed a head through a detected jump "
+            f"(amplitude >= {cfg.phase_min_amplitude:g}, fit r2 >= {cfg.phase_min_r2:g})",
+        ),
+        "best_final_induction": headline(
+            float(change_table["final_induction"].max()),
+            "best final-checkpoint prefix-matching score over runs (perfect head = 1)",
+        ),
+        "best_final_tl_induction": headline(
+            float(change_table["final_tl_induction"].max()),
+            "best final-checkpoint TransformerLens 'mul' induction score (perfect head ~0.5)",
+        ),
     }
     for size in size_list:
-        part = formed[formed["size"] == size]["step"].to_numpy(dtype=float)
+        part = formed[formed["size"] == size]["midpoint"].to_numpy(dtype=float)
         if part.size:
-            boot = bootstrap_mean(
-                part[:, None], n_boot=cfg.n_boot if part.size > 1 else 0, seed=cfg.seed
-            )
+            mean, low, high = t_interval(np.log(part + 1.0))
             heads_metrics[f"phase_change_step_{size}"] = headline(
-                float(part.mean()),
-                f"mean induction phase-change step, {size} ({part.size} seeds; CI resamples seeds)",
-                (boot.low, boot.high),
+                float(np.exp(mean) - 1.0),
+                f"geometric-mean induction phase-change step, {size} ({part.size} seeds; "
+                "t-interval over seeds on the log-step axis)",
+                (float(np.exp(low) - 1.0), float(np.exp(high) - 1.0)),
             )
             heads_metrics[f"phase_change_sd_{size}"] = headline(
-                float(part.std(ddof=1)) if part.size > 1 else float("nan"),
-                f"sd across seeds of the phase-change step, {size}",
+                float(np.log(part + 1.0).std(ddof=1)) if part.size > 1 else float("nan"),
+                f"sd across seeds of the phase-change log-step, {size}",
+            )
+    for other, res in coincidence.items():
+        if np.isfinite(res["p_value"]):
+            heads_metrics[f"coincidence_{other}_p"] = headline(
+                res["p_value"],
+                f"permutation p: induction and {other} steps closer in the same run than in "
+                "mismatched seeds of the same size",
+            )
+            heads_metrics[f"lag_{other}_matched"] = headline(
+                res["matched"], f"mean |log-step lag| induction vs {other}, same run"
             )
     metrics = write_metrics(
         "induction",
         heads_metrics,
-        details={"phase_changes": change_table.to_dict("records"), "size_comparison": comparison},
+        details={
+            "phase_changes": change_table.to_dict("records"),
+            "size_comparison": comparison,
+            "lags": lags.to_dict("records"),
+            "coincidence": coincidence,
+            "icl_bands": [list(b) for b in bands],
+            "probe": {
+                "min_count": cfg.probe_min_count,
+                "n_ids": int(allowed.size),
+                "accidental_repeats": ind.accidental_repeat_fraction(seqs),
+            },
+        },
         provenance=stage_provenance("induction", resolved, steps, cfg),
     )
     return {
@@ -1290,30 +1746,48 @@ def induction_stage(suite: dict[str, Any], induction: dict[str, Any]):
         "changes": change_table,
         "summary": summary,
         "comparison": comparison,
+        "lags": lags,
+        "coincidence": coincidence,
+        "icl_bands": bands,
+        "config": cfg,
         "figures": figs,
         "metrics": metrics,
     }
 
 
-def induction_sentence(changes: pd.DataFrame, comparison: dict[str, Any] | None) -> str:
-    """Plain-words summary of the phase changes, read from the computed table."""
+def induction_sentence(
+    changes: pd.DataFrame, comparison: dict[str, Any] | None, cfg: Any = None
+) -> str:
+    """Plain-words summary of the phase changes, read from the computed table; `cfg` (the
+    stage's InductionParams) names the thresholds used."""
     import numpy as np
 
     parts = []
+    if cfg is not None:
+        parts.append(
+            f"A run *forms* an induction head when its best head ends at a prefix-matching "
+            f"score >= {cfg.formed_score:g} with second-copy loss <= "
+            f"{cfg.formed_copy_ratio:g} x the first-copy loss; a *jump* needs a logistic fit "
+            f"of amplitude >= {cfg.phase_min_amplitude:g} and r2 >= {cfg.phase_min_r2:g}."
+        )
     for size, part in changes.groupby("size", sort=False):
-        formed = part[part["formed"]]
+        formed = part[part["formed"] & part["jump_detected"]]
         if formed.empty:
+            n_formed = int(part["formed"].sum())
             parts.append(
-                f"**{size}**: no run forms an induction head by the end (best "
-                f"final score {part['final_induction'].max():.2f})."
+                f"**{size}**: no run forms an induction head through a detected jump "
+                f"({n_formed}/{len(part)} pass the final-checkpoint criteria; best final "
+                f"score {part['final_induction'].max():.2f}, "
+                f"{part['final_induction_all_ids'].max():.2f} on the all-ids probe)."
             )
             continue
-        steps = formed["step"].to_numpy(dtype=float)
+        steps = formed["midpoint"].to_numpy(dtype=float)
+        logs = np.log10(steps + 1.0)
         parts.append(
             f"**{size}**: {len(formed)}/{len(part)} runs form induction heads; phase change "
-            f"at steps {', '.join(str(int(s)) for s in steps)} (mean {steps.mean():.0f}, "
-            f"sd {np.std(steps, ddof=1) if len(steps) > 1 else float('nan'):.0f}, range "
-            f"{steps.min():.0f}–{steps.max():.0f})."
+            f"at steps {', '.join(f'{s:.0f}' for s in steps)} (range {steps.min():.0f}–"
+            f"{steps.max():.0f}, sd across seeds "
+            f"{np.std(logs, ddof=1) if len(logs) > 1 else float('nan'):.2f} decades)."
         )
     if comparison:
         parts.append(
@@ -1323,26 +1797,28 @@ def induction_sentence(changes: pd.DataFrame, comparison: dict[str, Any] | None)
     return " ".join(parts)
 
 
-def coincidence_sentence(changes: pd.DataFrame) -> str:
-    no_log = changes[~changes["training_log"]]["run"].tolist() if "training_log" in changes else []
-    missing = (
-        f" The suite provides no training log for {', '.join(no_log)} (no trainer_state.json "
-        "log_history with its checkpoints), so the training-loss bump is not estimated there."
-        if no_log
-        else ""
-    )
-    formed = changes[changes["formed"]]
+def coincidence_sentence(changes: pd.DataFrame, coincidence: dict[str, Any] | None = None) -> str:
+    """Do the induction jump, the ICL jump and the training-loss bump go together, run by run,
+    more than in mismatched seeds of the same size? Read from the computed tests."""
+    import numpy as np
+
+    formed = changes[changes["formed"] & changes["jump_detected"]]
     if formed.empty:
-        return "No run formed an induction head, so there is no jump to compare." + missing
-    n = len(formed)
-    icl = int(formed["coincide_induction_icl"].sum())
-    with_log = formed[formed["training_log"]] if "training_log" in formed else formed
-    bump = int(with_log["coincide_induction_bump"].sum())
-    return (
-        f"In {icl}/{n} runs the induction jump and the ICL-score jump fall within one "
-        f"checkpoint of each other; in {bump}/{len(with_log)} runs with a training log the "
-        "induction jump lies in the training-loss bump window." + missing
-    )
+        return "No run formed an induction head through a detected jump, so there is no jump to compare."
+    parts = []
+    for other, name in (("icl", "ICL-score jump"), ("bump", "training-loss bump")):
+        res = (coincidence or {}).get(other)
+        if not res or not np.isfinite(res.get("p_value", np.nan)):
+            parts.append(f"Too few runs ({int(res['n']) if res else 0}) have both an induction "
+                         f"jump and a {name} to test their coincidence.")  # fmt: skip
+            continue
+        parts.append(
+            f"Induction jump vs {name} over {int(res['n'])} runs: mean |lag| "
+            f"{res['matched']:.2f} log-steps in the same run vs {res['mismatched']:.2f} for "
+            f"mismatched seeds of the same size (permutation p = {res['p_value']:.2g}; "
+            f"within-size correlation r = {res['r']:.2f})."
+        )
+    return " ".join(parts)
 
 
 # ----------------------------------------------------------------------------- report
