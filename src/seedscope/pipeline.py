@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,23 +169,31 @@ def run_stage(name: str, params_path: str | os.PathLike[str] | None = None) -> P
     out_dir.mkdir(parents=True, exist_ok=True)
     executed = out_dir / f"{stage.notebook}.ipynb"
     os.environ["SEEDSCOPE_ROOT"] = str(root)
-    with atomic_path(executed) as tmp:
+    # Hugging Face's per-file "Loading weights" / download bars are noise in a chapter and
+    # on the terminal alike: off (the stage's own bars go to the terminal, see quiet_kernel).
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    with atomic_path(executed) as tmp, tempfile.TemporaryDirectory() as staging:
+        staged = Path(staging) / source.name
+        with_setup_cell(source, staged)
         try:
             papermill.execute_notebook(
-                str(source),
+                str(staged),
                 str(tmp),
                 parameters=parameters,
                 kernel_name="python3",
                 cwd=str(root),
-                progress_bar=False,
+                progress_bar=True,  # cells executed, on the terminal
                 log_output=False,
                 report_mode=False,
+                # the kernel's own stderr stays the terminal's (quiet_kernel writes there)
+                extra_arguments=["--IPKernelApp.capture_fd_output=False"],
             )
         except PapermillExecutionError as exc:
             if exc.ename != "SeedscopeError":
                 raise
             # A user error the pre-flight could not see: still one line, not a traceback.
             raise SeedscopeError(f"Stage {name!r} stopped: {exc.evalue}") from None
+        clean_outputs(tmp, name)
         strip_volatile(tmp)
     html = executed.with_suffix(".html")
     render_html(executed, html)
@@ -415,6 +425,109 @@ def json_key(value: Any) -> str:
     import json
 
     return json.dumps(value, sort_keys=True)
+
+
+SETUP_TAG = "seedscope-setup"
+
+
+def with_setup_cell(source: Path, dest: Path) -> None:
+    """Copy notebook `source` to `dest` with a first cell that calls `quiet_kernel` (removed
+    again before rendering)."""
+    import nbformat
+
+    nb = nbformat.read(source, as_version=4)
+    cell = nbformat.v4.new_code_cell(
+        "from seedscope.pipeline import quiet_kernel\n\nquiet_kernel()"
+    )
+    cell.metadata["tags"] = [SETUP_TAG]
+    nb.cells.insert(0, cell)
+    nbformat.write(nb, dest)
+
+
+def quiet_kernel() -> None:
+    """Run first in a stage's kernel: progress bars and warnings go to the terminal (the
+    kernel process's own stderr, which papermill's runner inherits), not into the chapter.
+
+    Library code makes its bars with `tqdm.auto`; here that is the console bar writing to the
+    terminal (the notebook widget would need ipywidgets and show in the page). Python warnings
+    are written to the terminal with the file's name only (no absolute path)."""
+    import warnings
+
+    import tqdm.auto
+    import tqdm.std
+
+    terminal = sys.__stderr__
+
+    class TerminalTqdm(tqdm.std.tqdm):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("file", terminal)
+            super().__init__(*args, **kwargs)
+
+    tqdm.auto.tqdm = TerminalTqdm  # type: ignore[misc]
+
+    def to_terminal(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+        if terminal is not None:
+            terminal.write(
+                warnings.formatwarning(message, category, Path(filename).name, lineno, line)
+            )
+
+    warnings.showwarning = to_terminal
+
+
+def clean_outputs(path: Path, stage: str | None = None) -> list[str]:
+    """Make an executed notebook fit to read: drop the setup cell, move every stderr output
+    (progress, logging, warnings) to the terminal, and replace this machine's absolute paths
+    (the project root, the Python environment, the home folder) in outputs. Returns the
+    stderr texts moved."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    nb.cells = [c for c in nb.cells if SETUP_TAG not in c.metadata.get("tags", [])]
+    moved = []
+    replacements = path_replacements()
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        kept = []
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream" and output.get("name") == "stderr":
+                moved.append(scrub_paths(output.get("text", ""), replacements))
+                if stage is not None:
+                    sys.stderr.write(f"[{stage} cell {index}] {moved[-1]}")
+                continue
+            kept.append(_scrub_output(output, replacements))
+        cell.outputs = kept
+    nbformat.write(nb, path)
+    return moved
+
+
+def path_replacements() -> list[tuple[str, str]]:
+    """(absolute path, what a rendered page shows instead), longest first."""
+    pairs = {
+        str(project_root()): ".",
+        sys.prefix: "<python-env>",
+        sys.base_prefix: "<python>",
+        str(Path.home()): "~",
+    }
+    return sorted(((k, v) for k, v in pairs.items() if k and k != "/"), key=lambda kv: -len(kv[0]))
+
+
+def scrub_paths(text: str, replacements: list[tuple[str, str]] | None = None) -> str:
+    """`text` with this machine's absolute paths replaced (see `path_replacements`)."""
+    for path, shown in replacements if replacements is not None else path_replacements():
+        text = text.replace(path, shown)
+    return text
+
+
+def _scrub_output(output: Any, replacements: list[tuple[str, str]]) -> Any:
+    if "text" in output:
+        output["text"] = scrub_paths(output["text"], replacements)
+    if "traceback" in output:
+        output["traceback"] = [scrub_paths(t, replacements) for t in output["traceback"]]
+    for mime, value in (output.get("data") or {}).items():
+        if isinstance(value, str) and (mime.startswith("text/") or mime.endswith("json")):
+            output["data"][mime] = scrub_paths(value, replacements)
+    return output
 
 
 def strip_volatile(path: Path) -> None:

@@ -1,0 +1,135 @@
+"""The book's text: numbers formatted for people, answers read from metrics (and degrading
+plainly when a key is absent), the runner's clean-up of executed notebooks."""
+
+from __future__ import annotations
+
+import re
+
+import nbformat
+import pytest
+
+from seedscope import answers
+from seedscope.answers import ANSWERS, Answer, Sentence, answer_html, format_headline
+from seedscope.answers import format_number as fmt
+from seedscope.metrics import headline
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (0.94763, "0.948"),
+        (0.9, "0.900"),
+        (0.95, "0.950"),
+        (12.3456, "12.3"),
+        (1234.5, "1,230"),
+        (1048576.0, "1,048,576"),  # counts stay exact, with thousands separators
+        (7.0, "7"),
+        (0.0012345, "0.00123"),
+        (-0.000123, "-1.23×10⁻⁴"),
+        (2.5e-7, "2.50×10⁻⁷"),
+        (-3.14159, "-3.14"),
+        (0.0, "0"),
+        (None, "n/a"),
+        (float("nan"), "n/a"),
+    ],
+)
+def test_format_number(value, shown):
+    assert fmt(value) == shown
+
+
+def test_format_headline_forms():
+    entry = headline(0.94763, "r", (0.94721, 0.94799))
+    assert format_headline(entry) == "0.948 (95% CI 0.947-0.948)"
+    assert format_headline(headline(-0.12, "d", (-0.151, -0.09))) == (
+        "-0.120 (95% CI -0.151 to -0.0900)"
+    )
+    assert format_headline(headline(500.0, "step", (420.0, 610.5), unit="training steps")) == (
+        "500 training steps (95% CI 420-611)"
+    )
+    assert format_headline(headline(3.0, "n")) == "3"
+
+
+def _record(**values):
+    return {
+        "headline": {
+            k: headline(v, k, (v - 0.01, v + 0.01)) if v is not None else headline(v, k)
+            for k, v in values.items()
+        }
+    }
+
+
+def test_answer_fills_numbers_tagged_for_the_browser_test():
+    answer = next(a for a in ANSWERS if a.stage == "loss_pca")
+    text = answer_html(answer, _record(pc1_variance=0.61234, pc2_variance=0.1))
+    spans = re.findall(r'data-metric="([^"]+)" data-part="(\w+)">([^<]+)<', text)
+    assert spans == [
+        ("loss_pca.pc1_variance", "full", "0.612 (95% CI 0.602-0.622)"),
+        ("loss_pca.pc2_variance", "full", "0.100 (95% CI 0.0900-0.110)"),
+    ]
+
+
+def test_answer_names_a_missing_key_and_a_missing_stage():
+    answer = next(a for a in ANSWERS if a.stage == "loss_pca")
+    text = answer_html(answer, _record(pc1_variance=0.6))
+    assert "Not available" in text and "<code>pc2_variance</code>" in text
+    assert "data-metric" not in text  # no half-filled sentence
+    missing = answer_html(answer, None)
+    assert "metrics/details/loss_pca.json" in missing and "dvc repro loss_pca" in missing
+
+
+def test_optional_and_conditional_sentences():
+    answer = Answer(
+        9,
+        "toy",
+        "toy",
+        "toy?",
+        (
+            Sentence("none formed", when=lambda v: v.get("formed") == 0),
+            Sentence("{formed.value} formed", when=lambda v: v.get("formed") != 0),
+            Sentence("at {step}", optional=True),
+        ),
+    )
+    assert answer_html(answer, _record(formed=0.0)) == "none formed"
+    shown = answer_html(answer, _record(formed=0.5, step=120.0))
+    assert shown.startswith('<span class="metric" data-metric="toy.formed" data-part="value">')
+    assert "0.500</span> formed at" in shown and "120 (95% CI 120-120)" in shown
+
+
+def test_every_answer_names_keys_and_covers_the_six_analyses():
+    assert [a.number for a in ANSWERS] == [1, 2, 3, 4, 5, 6]
+    for answer in ANSWERS:
+        required = [k for s in answer.sentences if not s.optional for k in s.keys]
+        assert required, answer.stage
+        assert answer.question.endswith("?")
+
+
+def test_module_doctest():
+    import doctest
+
+    assert doctest.testmod(answers).failed == 0
+
+
+def test_clean_outputs_moves_stderr_and_scrubs_paths(tmp_path, monkeypatch):
+    from seedscope import pipeline
+
+    root = tmp_path / "project"
+    root.mkdir()
+    monkeypatch.setenv("SEEDSCOPE_ROOT", str(root))
+    nb = nbformat.v4.new_notebook()
+    setup = nbformat.v4.new_code_cell("quiet_kernel()")
+    setup.metadata["tags"] = [pipeline.SETUP_TAG]
+    cell = nbformat.v4.new_code_cell("x")
+    cell.outputs = [
+        nbformat.v4.new_output("stream", name="stderr", text="Loading weights: 100%\n"),
+        nbformat.v4.new_output("stream", name="stdout", text=f"wrote {root}/results/a.json\n"),
+        nbformat.v4.new_output("display_data", data={"text/plain": f"PosixPath('{root}/figures')"}),
+    ]
+    nb.cells = [setup, cell]
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, path)
+    moved = pipeline.clean_outputs(path)
+    assert moved == ["Loading weights: 100%\n"]
+    out = nbformat.read(path, as_version=4)
+    assert len(out.cells) == 1
+    texts = [o.get("text") or o["data"]["text/plain"] for o in out.cells[0].outputs]
+    assert texts == ["wrote ./results/a.json\n", "PosixPath('./figures')"]
