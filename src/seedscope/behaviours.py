@@ -4,9 +4,14 @@ wrong ones, scored by a model's log-probs, tracked over runs and checkpoints.
 A probe (`ProbeItem`) comes from one of two sources behind one interface: `planted_probes`
 builds them from the mini-suite corpus's `ground_truth.json` (the planted structure is known
 exactly), `english_probes` from the packaged YAML templates under `probes/` (for GPT-2/Pythia
-tokenizers). `score_items` gives one row per item (log-prob of every option, correct?,
-margin, plus the language-mass and induction metrics); `summarise` and `behaviour_table`
-aggregate with item-bootstrap CIs; `emergence_step` finds when a behaviour appears and stays.
+tokenizers). Items that share an entity, an acronym or a sentence carry one `cluster`.
+`score_items` gives one row per item: every option's summed and per-token log-prob, correct?
+under both scorings (one is the headline), and the chance-normalised score (acc - chance) /
+(1 - chance) that puts 2- and 4-option behaviours on one scale. `summarise` and
+`behaviour_table` aggregate with CIs that resample item clusters; `emergence_table` finds
+when a behaviour's CI lower bound crosses one threshold and stays; `emergence_summary`
+counts censored runs (k/n, Kaplan-Meier median) per size; `final_scores` gives the final
+score per size with a Multi-Bootstrap over seeds x item clusters.
 """
 
 from __future__ import annotations
@@ -889,21 +894,30 @@ def _cluster_ids(frame: pd.DataFrame) -> np.ndarray:
 
 
 def cluster_bootstrap_mean(
-    values: np.ndarray, clusters: np.ndarray, n_boot: int, seed: int, ci: float = 0.95
+    values: np.ndarray,
+    clusters: np.ndarray,
+    n_boot: int,
+    seed: int,
+    ci: float = 0.95,
+    weights: np.ndarray | None = None,
 ):
     """Mean of finite `values` with a percentile CI that resamples whole clusters (items
     sharing an entity/acronym/sentence move together): `stats.window_bootstrap` with one
-    window per cluster. A single cluster gives NaN bounds."""
+    window per cluster (a cluster's NaN items count for nothing). `weights`: precomputed
+    `stats.bootstrap_weights(n_clusters, n_boot, seed)` for these clusters, shared by every
+    metric of the same items. A single cluster gives NaN bounds."""
     from seedscope.stats import ratio_statistic, window_bootstrap
 
     values = np.asarray(values, dtype=np.float64)
     keep = np.isfinite(values)
-    ids = np.unique(np.asarray(clusters)[keep], return_inverse=True)[1]
+    ids = np.unique(np.asarray(clusters), return_inverse=True)[1].reshape(-1)
     n_clusters = int(ids.max()) + 1 if ids.size else 0
     per_cluster = np.zeros((max(n_clusters, 1), 2))
-    np.add.at(per_cluster[:, 0], ids, values[keep])
-    np.add.at(per_cluster[:, 1], ids, 1.0)
-    return window_bootstrap(per_cluster, ratio_statistic, n_boot if n_clusters > 1 else 0, seed, ci)
+    np.add.at(per_cluster[:, 0], ids[keep], values[keep])
+    np.add.at(per_cluster[:, 1], ids[keep], 1.0)
+    if n_clusters < 2:
+        weights, n_boot = None, 0
+    return window_bootstrap(per_cluster, ratio_statistic, n_boot, seed, ci, weights)
 
 
 def summarise(
@@ -913,6 +927,8 @@ def summarise(
     resampling item clusters, `cluster_bootstrap_mean`), n (items). Group 'all' pools a
     behaviour's groups. score is the chance-normalised accuracy, accuracy the fraction of
     items whose correct option wins; margin is in nats."""
+    from seedscope.stats import bootstrap_weights
+
     out = []
     for behaviour, frame in scores.groupby("behaviour", sort=False):
         parts = [("all", frame)]
@@ -920,6 +936,11 @@ def summarise(
             parts += list(frame.groupby("group", sort=True))
         for group, part in parts:
             clusters = _cluster_ids(part)
+            n_clusters = int(clusters.max()) + 1 if clusters.size else 0
+            # one set of cluster draws for every metric of these items (common random numbers)
+            weights = (
+                bootstrap_weights(n_clusters, n_boot, seed) if n_clusters > 1 and n_boot else None
+            )
             for metric in metrics_for(str(behaviour)):
                 col = METRIC_COLUMNS.get(metric, metric)
                 if col not in part.columns:
@@ -928,7 +949,7 @@ def summarise(
                 n = int(np.isfinite(vals).sum())
                 if n == 0:
                     continue
-                res = cluster_bootstrap_mean(vals, clusters, n_boot, seed, ci)
+                res = cluster_bootstrap_mean(vals, clusters, n_boot, seed, ci, weights)
                 est, low, high = res.as_tuple()
                 out.append((behaviour, str(group), metric, est, low, high, n))
     cols = ["behaviour", "group", "metric", "value", "ci_low", "ci_high", "n"]
