@@ -709,7 +709,10 @@ def test_identical_twin_runs_give_identical_emergence_and_zero_spread():
         assert part["emergence_step"].nunique() == 1 and part["emerged"].all()
     summary = bh.emergence_summary(em)
     assert (summary["sd"] == 0).all() and (summary["range"] == 0).all()
-    mid_final = bh.seed_spread_mid_vs_final(table, mid_step=100, final_step=300)
+    mid_final = bh.seed_spread_mid_vs_final(
+        table, mid_step=100, final_step=300, item_scores=frames, n_boot=200
+    )
+    assert (mid_final[["sd_change_low", "sd_change_high"]] == 0).all().all()
     numeric = mid_final.select_dtypes("number")
     assert np.isfinite(numeric.to_numpy()).all()
     assert (mid_final[["sd_mid", "sd_final", "sd_change", "range_mid"]] == 0).all().all()
@@ -792,3 +795,23 @@ def test_behaviour_table_and_figures():
     import matplotlib.pyplot as plt
 
     plt.close("all")
+
+
+def test_seed_spread_change_ci_planted_convergence():
+    """Eight seeds split 4/4 at mid-training (right vs at chance), all right at the end: the
+    paired Multi-Bootstrap CI of sd_final - sd_mid lies below 0."""
+    runs = [f"r{i}" for i in range(8)]
+    frames = pd.concat(
+        [
+            item_frames({100: 0.95, 200: 0.97}, runs[:4], 60, 0),
+            item_frames({100: 0.25, 200: 0.97}, runs[4:], 60, 1),
+        ],
+        ignore_index=True,
+    )
+    table = bh.behaviour_table(frames, n_boot=0)
+    out = bh.seed_spread_mid_vs_final(table, 100, 200, item_scores=frames, n_boot=500, seed=0).iloc[
+        0
+    ]
+    assert out["size"] == "all" and out["n_runs"] == 8
+    assert out["sd_change"] < 0
+    assert out["sd_change_low"] < out["sd_change"] < out["sd_change_high"] < 0

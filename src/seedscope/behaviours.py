@@ -1302,6 +1302,10 @@ def seed_spread_mid_vs_final(
     final_step: int,
     metric: str = "score",
     group: str = "all",
+    item_scores: pd.DataFrame | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    ci: float = 0.95,
 ) -> pd.DataFrame:
     """Which behaviours differ most between seeds at mid-training vs at the end: per
     behaviour x size (seeds are compared within a size; a table without `size` is one size
@@ -1309,7 +1313,8 @@ def seed_spread_mid_vs_final(
     nearest `mid_step` and at the one nearest `final_step`, and sd_change = sd_final -
     sd_mid (negative: seeds agree more by the end). A difference, not a ratio: identical
     runs give 0, never 0/0. Sizes with a single run (no seed spread) are left out. Sorted
-    by sd_mid, largest first."""
+    by sd_mid, largest first. With `item_scores` (group 'all'), sd_change_low / _high: a
+    paired Multi-Bootstrap CI (the same seed and item-cluster draws at both checkpoints)."""
     sub = table[(table["metric"] == metric) & (table["group"] == group)]
     if "size" not in sub.columns:
         sub = sub.assign(size="all")
@@ -1331,6 +1336,26 @@ def seed_spread_mid_vs_final(
             row[f"range_{label}"] = float(arr.max() - arr.min())
         row["sd_change"] = row["sd_final"] - row["sd_mid"]
         row["n_runs"] = len(vals)
+        if item_scores is not None and group == "all":
+            runs = sorted(frame["run"].unique())
+            reps = []
+            for label in ("mid", "final"):
+                part = item_scores[
+                    (item_scores["behaviour"] == behaviour)
+                    & (item_scores["step"] == row[f"step_{label}"])
+                    & item_scores["run"].isin(runs)
+                ]
+                col = METRIC_COLUMNS.get(metric, metric)
+                grid = part.pivot_table(index="run", columns="item", values=col, aggfunc="first")
+                clusters = part.drop_duplicates("item").set_index("item")["cluster"]
+                res = multi_bootstrap_items(
+                    grid.loc[runs].to_numpy(dtype=np.float64),
+                    clusters.loc[grid.columns].to_numpy(),
+                    n_boot,
+                    seed,
+                )
+                reps.append(res["sd_reps"])
+            row["sd_change_low"], row["sd_change_high"] = _percentiles(reps[1] - reps[0], ci)
         rows.append(row)
     out = pd.DataFrame(rows)
     return out.sort_values("sd_mid", ascending=False, ignore_index=True) if len(out) else out

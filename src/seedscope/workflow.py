@@ -1103,7 +1103,10 @@ def behaviours_stage(suite: dict[str, Any], behaviours: dict[str, Any]):
     write_parquet(out / "behaviour_table.parquet", table)
     emergence = bh.emergence_table(table, cfg.score_threshold)
     spread = bh.emergence_summary(emergence)
-    mid_final = bh.seed_spread_mid_vs_final(table, resolved.mid_step, resolved.final_step)
+    mid_final = bh.seed_spread_mid_vs_final(
+        table, resolved.mid_step, resolved.final_step, "score", "all", item_scores,
+        cfg.n_boot, cfg.seed,
+    )  # fmt: skip
     final, final_summary = bh.final_scores(
         item_scores, steps[-1], run_sizes(resolved), "score", cfg.n_boot, cfg.seed
     )
