@@ -371,3 +371,47 @@ def test_identical_seeds_describe_nothing_and_stay_finite():
     tests = pca.seed_components(seed_view, [[0, 1, 2]])
     assert not tests["described"].any()
     assert np.isfinite(tests[["eigenvalue", "ratio", "sd", "p_value"]].to_numpy()).all()
+
+
+def test_seed_split_shared_across_sizes_is_named_by_seed():
+    """Seeds 0 and 1 share a direction in both sizes (as a shared data order would): the
+    seed component is described by seed, on the same side in every size."""
+    rng = np.random.default_rng(16)
+    shared = -3 + rng.normal(size=(N_W, W))
+    direction = rng.normal(size=(N_W, W))
+    logprobs, sizes, seeds = {}, {}, {}
+    for size in ("small", "medium"):
+        for i in range(5):
+            sign = 1 if i < 2 else -1
+            run = f"{size}-{i}"
+            noise = rng.normal(size=(N_W, W)) * 0.3
+            logprobs[run] = _nan0(shared + noise + 0.3 * sign * direction)
+            sizes[run], seeds[run] = size, i
+    seed_view = pca.loss_matrix_within_size(logprobs, sizes)
+    tests = pca.seed_components(seed_view, [list(range(5)), list(range(5, 10))], seed=2)
+    assert tests["described"].tolist()[:2] == [True, False]
+    line = pca.seed_component_lines(tests, seed_view, sizes=sizes, seeds=seeds)[0]
+    assert "seeds 0, 1 vs seeds 2, 3, 4 (same side in every size)" in line or (
+        "seeds 2, 3, 4 vs seeds 0, 1 (same side in every size)" in line
+    )
+
+
+@pytest.mark.parametrize(
+    ("section", "values", "message"),
+    [
+        ("loss_correlation", {"alpha": 0.7}, "loss_correlation.alpha must be in"),
+        ("loss_correlation", {"divergence_floor": -1}, "divergence_floor must be in"),
+        ("loss_correlation", {"enrichment_min_tokens": 0}, "enrichment_min_tokens must be"),
+        ("convergence", {"margin": 0}, "convergence.margin must be in"),
+        ("convergence", {"alpha": 0}, "convergence.alpha must be in"),
+        ("loss_pca", {"n_permutations": 9}, "cannot reach p <= alpha"),
+        ("loss_pca", {"min_component_sd": 0}, "min_component_sd must be positive"),
+    ],
+)
+def test_bad_seed_statistics_params_fail_early(section, values, message):
+    from seedscope.errors import SeedscopeError
+    from seedscope.workflow import stage_config
+
+    with pytest.raises(SeedscopeError, match=message):
+        stage_config(section, values)
+    assert stage_config(section, {}) is not None  # the defaults are valid

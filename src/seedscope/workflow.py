@@ -244,8 +244,10 @@ def agreement_analysis(
     step: int,
     cfg: Any,
     with_outliers: bool = True,
+    agreement_only: bool = False,
 ) -> dict[str, Any]:
-    """Analysis 1 at one step: agreement, outliers with context, enrichment, capability gaps.
+    """Analysis 1 at one step: agreement, outliers with context, enrichment, capability gaps
+    (`agreement_only`: the agreement tables alone).
 
     Seed statistics use runs of the same size only (seed divergence, within-size gaps and
     outliers); size differences get their own tables (size divergence, cross-size gaps).
@@ -280,6 +282,8 @@ def agreement_analysis(
         "groups": groups,
         "step": step,
     }
+    if agreement_only:
+        return result
 
     # Seed-divergent tokens: spread between seeds of one size (never between sizes).
     strata = compare.loss_strata(logprobs, cfg.n_strata)
@@ -575,7 +579,7 @@ def convergence_stage(suite: dict[str, Any], convergence: dict[str, Any]):
     out, _ = fresh_outputs("convergence")
     mid = agreement_analysis("convergence", resolved, resolved.mid_step, cfg)
     final = agreement_analysis(
-        "convergence", resolved, resolved.final_step, cfg, with_outliers=False
+        "convergence", resolved, resolved.final_step, cfg, agreement_only=True
     )
     _, meta = load_eval_data()
     root, runs, sizes = token_losses_root(resolved), resolved.run_names, run_sizes(resolved)
