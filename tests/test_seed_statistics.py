@@ -415,3 +415,14 @@ def test_bad_seed_statistics_params_fail_early(section, values, message):
     with pytest.raises(SeedscopeError, match=message):
         stage_config(section, values)
     assert stage_config(section, {}) is not None  # the defaults are valid
+
+
+def test_enrichment_forest_shows_the_stratified_odds_ratio_at_the_level_used():
+    rng = np.random.default_rng(17)
+    meta = _meta(rng)
+    mask = rng.random((N_W, W)) < np.where(meta["tag"].to_numpy().reshape(N_W, W) == "x", 0.1, 0.01)
+    strata = np.zeros((N_W, W), dtype=np.int64)
+    table = compare.enrichment_bootstrap(mask, meta, ["tag"], strata, W, n_boot=50)
+    fig = compare.enrichment_forest(table, alpha=0.1)
+    label = fig.axes[0].get_xlabel()
+    assert "Mantel-Haenszel" in label and "90% CI" in label

@@ -725,28 +725,31 @@ def correlation_heatmap(
 
 
 def enrichment_forest(enrich: pd.DataFrame, top: int = 25, alpha: float = 0.05) -> Figure:
-    """Forest plot of `enrichment` rows: odds ratio with CI on a log axis (top `top` rows by
-    odds ratio); filled markers = BH-adjusted p < alpha."""
+    """Forest plot of enrichment rows: odds ratio with its (1 - alpha) CI on a log axis (the
+    top `top` rows in the table's order); filled markers = BH-adjusted p < alpha. Tables of
+    `enrichment_bootstrap` show the loss-stratified (Mantel-Haenszel) odds ratio, those of
+    `enrichment` the plain one."""
     rows = enrich.head(top).iloc[::-1]
+    mh = "mh_odds_ratio" in rows.columns
+    est, low, high = (
+        ("mh_odds_ratio", "mh_low", "mh_high") if mh else ("odds_ratio", "ci_low", "ci_high")
+    )
     fig = Figure(figsize=(7, 0.3 * len(rows) + 1.5), layout="constrained")
     ax = fig.subplots()
     y = np.arange(len(rows))
     sig = rows["p_adjusted"].to_numpy() < alpha
-    err = np.vstack([rows["odds_ratio"] - rows["ci_low"], rows["ci_high"] - rows["odds_ratio"]])
-    ax.errorbar(rows["odds_ratio"], y, xerr=err, fmt="none", ecolor="0.4", capsize=2)
-    ax.scatter(rows["odds_ratio"][sig], y[sig], color="C3", zorder=3, label=f"BH p < {alpha}")
+    value = rows[est].to_numpy(dtype=np.float64)
+    err = np.vstack([value - rows[low].to_numpy(float), rows[high].to_numpy(float) - value])
+    ax.errorbar(value, y, xerr=np.clip(np.nan_to_num(err), 0, None), fmt="none", ecolor="0.4")
+    ax.scatter(value[sig], y[sig], color="C3", zorder=3, label=f"BH p < {alpha}")
     ax.scatter(
-        rows["odds_ratio"][~sig],
-        y[~sig],
-        facecolor="white",
-        edgecolor="C3",
-        zorder=3,
-        label="not significant",
+        value[~sig], y[~sig], facecolor="white", edgecolor="C3", zorder=3, label="not significant"
     )
     ax.axvline(1.0, color="0.2", lw=0.8, ls="--")
     ax.set_xscale("log")
     ax.set_yticks(y, [f"{f} = {c}" for f, c in zip(rows["feature"], rows["category"], strict=True)])
-    ax.set_xlabel("odds ratio of being an outlier (log scale, 95% CI)")
+    kind = "loss-stratified (Mantel-Haenszel) odds ratio" if mh else "odds ratio"
+    ax.set_xlabel(f"{kind} of being an outlier (log scale, {1 - alpha:.0%} CI)")
     ax.set_ylabel("metadata category")
     ax.set_title("Which tokens do runs disagree on? Outlier enrichment by category")
     ax.legend(loc="lower right", fontsize=8)

@@ -266,9 +266,10 @@ def agreement_analysis(
     columns = meta_columns(meta)
     window_len = tokens.shape[1]
     suffix = f"step{step}"
-    agreement = compare.pairwise_agreement(logprobs, cfg.n_boot, cfg.seed, sizes=sizes)
+    level = 1 - cfg.alpha
+    agreement = compare.pairwise_agreement(logprobs, cfg.n_boot, cfg.seed, sizes=sizes, ci=level)
     write_parquet(out / f"agreement_{suffix}.parquet", agreement)
-    seed_agreement = compare.seed_agreement(logprobs, sizes, cfg.n_boot, cfg.seed)
+    seed_agreement = compare.seed_agreement(logprobs, sizes, cfg.n_boot, cfg.seed, ci=level)
     write_parquet(out / f"seed_agreement_{suffix}.parquet", seed_agreement)
     pearson = seed_agreement[seed_agreement["method"] == "pearson"]
     groups = {
