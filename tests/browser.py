@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import re
 import shutil
 import subprocess
 import tempfile
@@ -59,10 +60,14 @@ def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - the base class's signature
+        pass
+
+
 @contextmanager
 def serve(folder: Path):
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-    handler.log_message = lambda *a, **k: None  # type: ignore[method-assign]
+    handler = functools.partial(_QuietHandler, directory=str(folder))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -87,27 +92,29 @@ class _Metrics(HTMLParser):
 
     def __init__(self) -> None:
         super().__init__()
-        self.values: dict[tuple[str, str], str] = {}
+        self.values: dict[tuple[str, str], list[str]] = {}
         self._key: tuple[str, str] | None = None
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
         if "data-metric" in attrs:
             self._key = (attrs["data-metric"], attrs.get("data-part") or "full")
+            self.values.setdefault(self._key, []).append("")
 
     def handle_data(self, data):
         if self._key:
-            self.values[self._key] = self.values.get(self._key, "") + data
+            self.values[self._key][-1] += data
 
     def handle_endtag(self, tag):
         self._key = None
 
 
-def tagged_metrics(page_html: str) -> dict[tuple[str, str], str]:
-    """(stage.key, part) -> text shown, for every `data-metric` element of a page."""
+def tagged_metrics(page_html: str) -> dict[tuple[str, str], list[str]]:
+    """(stage.key, part) -> the texts shown (a number may be shown more than once), for every
+    `data-metric` element of a page."""
     parser = _Metrics()
     parser.feed(page_html)
-    return {k: v.strip() for k, v in parser.values.items()}
+    return {k: [v.strip() for v in texts] for k, texts in parser.values.items()}
 
 
 def inspect_page(
@@ -129,7 +136,10 @@ def inspect_page(
                 ["--virtual-time-budget=10000", window, "--dump-dom", check_url],
                 Path(profile) / "b",
             )
-            start = dom.index('<pre id="seedscope-check">') + len('<pre id="seedscope-check">')
+            # the theme's scripts may add attributes (tabindex) to the <pre>
+            opening = re.search(r'<pre id="seedscope-check"[^>]*>', dom)
+            assert opening, "the checking script did not run"
+            start = opening.end()
             found = json.loads(
                 dom[start : dom.index("</pre>", start)]
                 .replace("&quot;", '"')
@@ -186,7 +196,8 @@ def crawl_site(site: Path) -> dict[str, list[str]]:
     assets loaded from outside the site (a site that works offline has none)."""
     broken: list[str] = []
     remote_assets: list[str] = []
-    for page in sorted(site.rglob("*.html")):
+    pages = [p for p in sorted(site.rglob("*.html")) if "_static" not in p.relative_to(site).parts]
+    for page in pages:
         refs = _Refs()
         refs.feed(page.read_text(errors="replace"))
         for ref in refs.links + refs.assets:
@@ -203,3 +214,16 @@ def crawl_site(site: Path) -> dict[str, list[str]]:
             if not target.exists():
                 broken.append(f"{page.relative_to(site)}: {ref}")
     return {"broken": broken, "remote_assets": remote_assets}
+
+
+def first_screen(site: Path, screenshot: Path, size: tuple[int, int] = (1280, 800)) -> None:
+    """Screenshot the first screen of `site`/index.html as a reader's browser shows it."""
+    with serve(site) as base, tempfile.TemporaryDirectory() as profile:
+        window = f"--window-size={size[0]},{size[1]}"
+        _run([f"--screenshot={screenshot.resolve()}", window, f"{base}/index.html"], Path(profile))
+
+
+if __name__ == "__main__":  # python tests/browser.py reports/book docs/report.png
+    import sys
+
+    first_screen(Path(sys.argv[1]), Path(sys.argv[2]))

@@ -50,8 +50,8 @@ def _expected(project: Path) -> dict[str, dict]:
     return out
 
 
-def _check_numbers(shown: dict[tuple[str, str], str], expected: dict[str, dict]) -> None:
-    for (key, part), text in shown.items():
+def _check_numbers(shown: dict[tuple[str, str], list[str]], expected: dict[str, dict]) -> None:
+    for (key, part), text in ((k, text) for k, texts in shown.items() for text in texts):
         assert key in expected, f"{key} is shown but not in metrics/"
         entry = expected[key]
         if part == "full":

@@ -98,6 +98,7 @@ class Answer:
     title: str
     question: str
     sentences: tuple[Sentence, ...] = field(default_factory=tuple)
+    short: tuple[Sentence, ...] = field(default_factory=tuple)  # the one-line answer on top
 
 
 def _v(values: dict[str, float | None], key: str) -> float:
@@ -121,6 +122,7 @@ ANSWERS: tuple[Answer, ...] = (
             ),
             Sentence("Within minus across sizes: {pearson_within_minus_across}.", optional=True),
         ),
+        (Sentence("same-size runs' per-token log-probs correlate at r = {pearson_within_sizes}"),),
     ),
     Answer(
         2,
@@ -132,6 +134,12 @@ ANSWERS: tuple[Answer, ...] = (
                 "{n_gaps_mid.value} capability gaps between seeds are significant at "
                 "mid-training; the fraction of them closed by the final step is "
                 "{fraction_gaps_closed}."
+            ),
+        ),
+        (
+            Sentence(
+                "of {n_gaps_mid.value} seed gaps at mid-training, a fraction "
+                "{fraction_gaps_closed} closed by the end"
             ),
         ),
     ),
@@ -146,6 +154,7 @@ ANSWERS: tuple[Answer, ...] = (
                 "{pc1_variance} of its variance, the second {pc2_variance}."
             ),
         ),
+        (Sentence("PC1 explains a fraction {pc1_variance} of per-token loss variance"),),
     ),
     Answer(
         4,
@@ -159,6 +168,7 @@ ANSWERS: tuple[Answer, ...] = (
                 "behaviours and sizes)."
             ),
         ),
+        (Sentence("final behaviour scores vary across seeds with sd {final_score_seed_sd}"),),
     ),
     Answer(
         5,
@@ -175,6 +185,11 @@ ANSWERS: tuple[Answer, ...] = (
                 "The shape classifier scores {classifier_accuracy.value} accuracy on synthetic "
                 "curves at the real noise level.",
                 optional=True,
+            ),
+        ),
+        (
+            Sentence(
+                "S-shaped fraction, seed-divergent minus random tokens: {s_fraction_difference}"
             ),
         ),
     ),
@@ -202,13 +217,26 @@ ANSWERS: tuple[Answer, ...] = (
                 optional=True,
             ),
         ),
+        (
+            Sentence(
+                "no run formed an induction head (fraction {fraction_formed.value})",
+                when=lambda v: _v(v, "fraction_formed") == 0,
+            ),
+            Sentence(
+                "a fraction {fraction_formed.value} of runs formed an induction head",
+                when=lambda v: not _v(v, "fraction_formed") == 0,
+            ),
+        ),
     ),
 )
 
 
-def answer_html(answer: Answer, record: dict[str, Any] | None) -> str:
-    """The answer's paragraph (HTML, numbers tagged), from a stage's metrics/details record;
-    says plainly what is missing when the record or a key is absent."""
+def answer_html(answer: Answer, record: dict[str, Any] | None, short: bool = False) -> str:
+    """The answer's paragraph (HTML, numbers tagged), or its one-line form (`short`), from a
+    stage's metrics/details record; says plainly what is missing when the record or a key is
+    absent."""
+    if record is None and short:
+        return f"<em>not computed yet (<code>dvc repro {answer.stage}</code>)</em>"
     if record is None:
         return (
             f"<em>Not computed yet: <code>metrics/details/{answer.stage}.json</code> is "
@@ -217,7 +245,7 @@ def answer_html(answer: Answer, record: dict[str, Any] | None) -> str:
     heads = record.get("headline") or {}
     values = {key: entry.get("value") for key, entry in heads.items()}
     parts = []
-    for sentence in answer.sentences:
+    for sentence in answer.short if short else answer.sentences:
         missing = [key for key in sentence.keys if key not in heads]
         if missing:
             if not sentence.optional:

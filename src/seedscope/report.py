@@ -248,6 +248,7 @@ def write_book_source(
                 "title": answer.title,
                 "question": answer.question,
                 "paragraph": answer_html(answer, entry.get("metrics")),
+                "short": answer_html(answer, entry.get("metrics"), short=True),
                 "chapter": _chapter(answer.stage) if _chapter(answer.stage) in chapters else None,
                 "figure": figure,
             }
