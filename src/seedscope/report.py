@@ -284,9 +284,10 @@ def write_book_source(
                 {
                     "title": _md(fig["title"]),
                     "chapter": _chapter(stage),
+                    "notebook": STAGES[stage].notebook,
                     "function": fig["function"],
                     "stage": stage,
-                    "tests": ", ".join(f"`{t}`" for t in tests) or "none found",
+                    "tests": "<br>".join(f"`{t}`" for t in tests) or "none found",
                 }
             )
     (src / "headlines.md").write_text(
