@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser test repro smoke long lab lint format bench owt-text clean-venv
+.PHONY: setup browser test repro smoke long crfm polypythia lab lint format bench owt-text clean-venv
 
 setup: $(STAMP)
 
@@ -49,6 +49,23 @@ long: setup
 	test -d .long || $(BIN)/python -c "from seedscope.pipeline import scratch_copy; scratch_copy('.long', 'induction')"
 	cd .long && SEEDSCOPE_ROOT="$$PWD" PATH="$(abspath $(BIN)):$$PATH" dvc repro
 	@echo "open .long/reports/index.html"
+
+# The real study (hub + GPU): a profile's pipeline in a scratch copy (.crfm/, .polypythia/),
+# with its eval text (data.dvc + owt-text) and tokenizer fetched first; rerun to resume.
+crfm: setup
+	$(call real_study,.crfm,crfm,hf download openai-community/gpt2 vocab.json merges.txt --local-dir tokenizers/gpt2,tokenizers/gpt2/merges.txt)
+
+polypythia: setup
+	$(call real_study,.polypythia,polypythia-160m,hf download EleutherAI/pythia-160m tokenizer.json tokenizer_config.json special_tokens_map.json --local-dir tokenizers/pythia,tokenizers/pythia/tokenizer.json)
+
+# $(1) scratch folder, $(2) profile, $(3) tokenizer download, $(4) a file it leaves
+define real_study
+	test -d $(1) || $(BIN)/python -c "from seedscope.pipeline import scratch_copy; scratch_copy('$(1)', '$(2)')"
+	cd $(1) && test -d data/openwebtext-10k || { PATH="$(abspath $(BIN)):$$PATH" dvc update data.dvc && $(MAKE) owt-text; }
+	cd $(1) && test -f $(4) || PATH="$(abspath $(BIN)):$$PATH" $(3)
+	cd $(1) && SEEDSCOPE_ROOT="$$PWD" PATH="$(abspath $(BIN)):$$PATH" dvc repro
+	@echo "open $(1)/reports/index.html"
+endef
 
 # JupyterLab with the project's kernel ("seedscope (.venv)"), notebooks folder open.
 lab: setup

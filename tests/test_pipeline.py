@@ -44,7 +44,14 @@ def test_every_stage_dep_is_an_upstream_out_or_source():
 
 
 @pytest.mark.parametrize(
-    "profile", ["params.yaml", "profiles/smoke.yaml", "profiles/induction.yaml"]
+    "profile",
+    [
+        "params.yaml",
+        "profiles/smoke.yaml",
+        "profiles/induction.yaml",
+        "profiles/crfm.yaml",
+        "profiles/polypythia-160m.yaml",
+    ],
 )
 def test_shipped_params_validate_for_every_stage(profile):
     params = read_params(ROOT / profile)

@@ -388,6 +388,16 @@ CASES: dict[str, Case] = {
         "tokenizer_dir",
         _corpus("good", tokenizer_dir="{base}/no-such-tokenizer"),
     ),
+    "tokenizer folder holds no tokenizer files": Case(
+        ["stage", "corpus", "--params", "{params}"],
+        "holds neither tokenizer.json nor vocab.json + merges.txt",
+        _corpus("good", tokenizer_dir="{texts}/good"),
+    ),
+    "text folder holds no .txt files": Case(
+        ["stage", "corpus", "--params", "{params}"],
+        "no *.txt files in text_dir",
+        _corpus("../suites"),
+    ),
     "Dask scheduler does not answer": Case(
         TL,
         "did not answer within 2 s",
