@@ -21,6 +21,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
+from functools import cache
 from typing import Any
 
 _SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
@@ -63,15 +64,20 @@ def format_headline(entry: dict[str, Any]) -> str:
     return text
 
 
+@cache
+def _parts():  # type: ignore[no-untyped-def]
+    """The Jinja2 macros of answer_parts.html.j2 (HTML-escaped)."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("seedscope", "templates"), autoescape=True)
+    return env.get_template("answer_parts.html.j2").module
+
+
 def metric_html(stage: str, key: str, entry: dict[str, Any], value_only: bool = False) -> str:
     """The number as an HTML span tagged `data-metric="stage.key"` (the browser test reads
     every tagged number back and compares it with metrics/)."""
     text = format_number(entry.get("value")) if value_only else format_headline(entry)
-    part = "value" if value_only else "full"
-    return (
-        f'<span class="metric" data-metric="{html.escape(stage)}.{html.escape(key)}" '
-        f'data-part="{part}">{html.escape(text)}</span>'
-    )
+    return str(_parts().metric(stage, key, "value" if value_only else "full", text))
 
 
 @dataclass(frozen=True)
@@ -235,13 +241,9 @@ def answer_html(answer: Answer, record: dict[str, Any] | None, short: bool = Fal
     """The answer's paragraph (HTML, numbers tagged), or its one-line form (`short`), from a
     stage's metrics/details record; says plainly what is missing when the record or a key is
     absent."""
-    if record is None and short:
-        return f"<em>not computed yet (<code>dvc repro {answer.stage}</code>)</em>"
     if record is None:
-        return (
-            f"<em>Not computed yet: <code>metrics/details/{answer.stage}.json</code> is "
-            f"missing (run <code>dvc repro {answer.stage}</code>).</em>"
-        )
+        part = _parts().missing_stage_short if short else _parts().missing_stage
+        return str(part(answer.stage))
     heads = record.get("headline") or {}
     values = {key: entry.get("value") for key, entry in heads.items()}
     parts = []
@@ -249,10 +251,7 @@ def answer_html(answer: Answer, record: dict[str, Any] | None, short: bool = Fal
         missing = [key for key in sentence.keys if key not in heads]
         if missing:
             if not sentence.optional:
-                parts.append(
-                    f"<em>(Not available: <code>metrics/details/{answer.stage}.json</code> has "
-                    f"no headline {', '.join(f'<code>{k}</code>' for k in missing)}.)</em>"
-                )
+                parts.append(str(_parts().missing_keys(answer.stage, missing)))
             continue
         if sentence.when is not None and not sentence.when(values):
             continue
