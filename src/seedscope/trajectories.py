@@ -7,9 +7,11 @@ Candidate families (k = number of fitted parameters, BIC = n log(RSS/n) + k log 
 
 - flat: `c` (k=1)
 - smooth: `c + b*exp(-r u)` or `c + b*(1 + (x - x_first))^(-p)` (k=3; monotone, no plateau
-  before the change)
-- s_shaped: `lo + (hi - lo) * sigmoid((u - m) / w)` with the midpoint m inside the data
-  (k=4): a plateau, a transition at step `exp(x(m)) - 1` of width `w`, a plateau
+  before the change), or a logistic step with one plateau outside the data (k=4: a change
+  that starts before the first or ends after the last checkpoint)
+- s_shaped: `lo + (hi - lo) * sigmoid((u - m) / w)` with both plateaus inside the data,
+  `0 <= m - 2w` and `m + 2w <= 1` (k=4): a plateau, a transition at step `exp(x(m)) - 1`
+  of width `w`, a plateau
 - non_monotone: `a + q (u - v)^2` with the vertex v inside, or a two-piece linear curve
   with slopes of opposite sign and the knee inside (k=3 / k=4)
 
@@ -34,11 +36,21 @@ from scipy.special import expit
 from seedscope.errors import SeedscopeError
 
 CLASSES = ("flat", "smooth", "s_shaped", "non_monotone")
-_K = {"flat": 1, "exp": 3, "power": 3, "logistic": 4, "quadratic": 3, "hinge": 4, "two_step": 6}
+_K = {
+    "flat": 1,
+    "exp": 3,
+    "power": 3,
+    "edge_logistic": 4,
+    "logistic": 4,
+    "quadratic": 3,
+    "hinge": 4,
+    "two_step": 6,
+}
 _FAMILY = {
     "flat": "flat",
     "exp": "smooth",
     "power": "smooth",
+    "edge_logistic": "smooth",
     "logistic": "s_shaped",
     "quadratic": "non_monotone",
     "hinge": "non_monotone",
@@ -84,7 +96,17 @@ def _design_grid(model: str, u: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, 
         mids = np.linspace(0.0, 1.0, 121)
         widths = np.geomspace(max(gaps.min() / 4, 2e-3), 0.35, 30)
         m, w = np.meshgrid(mids, widths, indexing="ij")
-        params = np.stack([m.ravel(), w.ravel()], axis=1)
+        inside = _plateaus_observed(u, m, w)
+        params = np.stack([m[inside], w[inside]], axis=1)
+        designs = np.stack([np.stack([one, expit((u - a) / b)], axis=1) for a, b in params])
+        return params, designs
+    if model == "edge_logistic":  # a step with a plateau outside the data: monotone, smooth
+        gaps = np.diff(u)
+        mids = np.linspace(-0.3, 1.3, 161)
+        widths = np.geomspace(max(gaps.min() / 4, 2e-3), 0.35, 30)
+        m, w = np.meshgrid(mids, widths, indexing="ij")
+        outside = ~_plateaus_observed(u, m, w)
+        params = np.stack([m[outside], w[outside]], axis=1)
         designs = np.stack([np.stack([one, expit((u - a) / b)], axis=1) for a, b in params])
         return params, designs
     if model == "quadratic":
@@ -105,6 +127,13 @@ def _design_grid(model: str, u: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, 
         )
         return params, designs
     raise ValueError(model)
+
+
+def _plateaus_observed(u: np.ndarray, m: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Both plateaus of a logistic (midpoint `m`, width `w`, on the rescaled axis `u`)
+    inside the observed steps: `u_first <= m - 2w` and `m + 2w <= u_last`."""
+    m, w = np.asarray(m, float), np.asarray(w, float)
+    return (m - 2 * w >= u[0]) & (m + 2 * w <= u[-1])
 
 
 def _build_grid(model: str, u: np.ndarray, x: np.ndarray) -> _Grid:
@@ -154,7 +183,9 @@ def classify_trajectories(
     refine: bool = True,
     n_jobs: int = 1,
     chunk: int = 1024,
-) -> pd.DataFrame:
+    autocorrelation: float | None = None,
+    return_residuals: bool = False,
+) -> pd.DataFrame | tuple[pd.DataFrame, np.ndarray]:
     """Classify each loss trajectory as flat / smooth / s_shaped / non_monotone by BIC.
 
     `losses [n_tokens, n_steps]` or `[n_runs, n_tokens, n_steps]` (nats) at `steps
@@ -172,6 +203,14 @@ def classify_trajectories(
     Step 0 (initialisation, ~log(vocab) for every token) dominates any curve that includes
     it; drop it (and other early columns) before classifying if the question is later
     dynamics.
+    Residuals of neighbouring checkpoints are correlated (real curves wander), and an iid
+    BIC then reads the wandering as shape (AR(1) noise of lag-1 correlation 0.8 on flat
+    curves: ~20% "S-shaped"). So the BIC uses the effective number of independent points,
+    `n_eff = n (1 - rho) / (1 + rho)`, where `rho` is `autocorrelation` or, when None, the
+    median over curves of the lag-1 autocorrelation of the residuals of each curve's best
+    flat-or-smooth fit (clipped to [0, 0.95]); the value used is in
+    `df.attrs["autocorrelation"]`. `return_residuals=True` returns `(df, residuals)`: the
+    residuals of each chosen fit, shaped like `losses`.
     With `refine`, the logistic parameters of S-shaped tokens are polished with scipy
     `least_squares` (`n_jobs` > 1 runs that with joblib). Token curves are processed in
     chunks of `chunk` tokens to bound memory.
@@ -183,11 +222,22 @@ def classify_trajectories(
     u = (x - x[0]) / (x[-1] - x[0])
     n = x.size
     grids = {m: _build_grid(m, u, x) for m in _K}
+    if autocorrelation is None:
+        first = [
+            _classify_chunk(flat_y[i : i + chunk], grids, u, x, margin, float(n))[0]
+            for i in range(0, flat_y.shape[0], chunk)
+        ]
+        rho = float(np.nanmedian(pd.concat(first, ignore_index=True)["_ar1"]))
+    else:
+        rho = float(autocorrelation)
+    rho = float(np.clip(rho if np.isfinite(rho) else 0.0, 0.0, 0.95))
+    n_eff = max(n * (1 - rho) / (1 + rho), float(max(_K.values()) + 2))
     parts = [
-        _classify_chunk(flat_y[i : i + chunk], grids, u, x, margin)
+        _classify_chunk(flat_y[i : i + chunk], grids, u, x, margin, n_eff)
         for i in range(0, flat_y.shape[0], chunk)
     ]
-    df = pd.concat(parts, ignore_index=True)
+    df = pd.concat([p[0] for p in parts], ignore_index=True).drop(columns="_ar1")
+    fitted_all = np.concatenate([p[1] for p in parts])
     df.insert(0, "token", np.arange(len(df)) % (y.shape[-2]))
     if n_runs is not None:
         names = list(run_names) if run_names is not None else list(range(n_runs))
@@ -213,7 +263,11 @@ def classify_trajectories(
     front = [c for c in ("run", "token") if c in df.columns]
     rest = ["class", "model", "direction", "start_loss", "end_loss", "transition_step", "width"]
     rest += ["resid_sd"] + [f"bic_{c}" for c in CLASSES]
-    return df[front + rest]
+    out = df[front + rest].copy()
+    out.attrs["autocorrelation"] = rho
+    if return_residuals:  # of the chosen fit (before the logistic polish)
+        return out, (flat_y - fitted_all).reshape(y.shape)
+    return out
 
 
 def _logistic(u, lo, hi, m, w):  # type: ignore[no-untyped-def]
@@ -221,7 +275,12 @@ def _logistic(u, lo, hi, m, w):  # type: ignore[no-untyped-def]
 
 
 def _classify_chunk(
-    y: np.ndarray, grids: dict[str, _Grid], u: np.ndarray, x: np.ndarray, margin: float
+    y: np.ndarray,
+    grids: dict[str, _Grid],
+    u: np.ndarray,
+    x: np.ndarray,
+    margin: float,
+    n_eff: float,
 ) -> pd.DataFrame:
     n_tok, n = y.shape
     # every design contains the constant column, so centring y leaves each RSS unchanged
@@ -231,7 +290,7 @@ def _classify_chunk(
     yy = (yc**2).sum(axis=1)  # [T]
     yc32 = yc.astype(np.float32)
     floor = 1e-8 * max(float(np.mean(yy)), 1e-12)
-    bic, best_g, best_coef = {}, {}, {}
+    bic, best_g, best_coef, rss_of = {}, {}, {}, {}
     for model, grid in grids.items():
         g_, _, k_ = grid.q.shape
         proj = (yc32 @ grid.flat_q32).reshape(n_tok, g_, k_)  # [T, G, k]: Q^T y per design
@@ -245,7 +304,9 @@ def _classify_chunk(
         # exact (float64) RSS and coefficients at the chosen grid point
         proj64 = np.einsum("tn,tnk->tk", yc, grid.q[g])
         rss_best = np.maximum(yy - (proj64**2).sum(axis=1), floor)
-        bic[model] = n * np.log(rss_best / n) + _K[model] * np.log(n)
+        # Gaussian BIC with n_eff independent points (n_eff = n for iid residuals)
+        bic[model] = n_eff * np.log(rss_best / n) + _K[model] * np.log(n_eff)
+        rss_of[model] = rss_best
         best_g[model] = g
         coef = np.einsum("tij,tj->ti", grid.coef_map[g], proj64)
         coef[:, 0] += mean  # the first design column is the constant
@@ -280,6 +341,21 @@ def _classify_chunk(
         klass == "non_monotone", np.where(interior_max, "rise_fall", "fall_rise"), direction
     )
     direction = np.where(klass == "flat", "none", direction)
+    # lag-1 autocorrelation of the residuals of each curve's closest flat-or-smooth fit:
+    # flexible families would soak up the wander being measured; shapes they miss inflate
+    # it, which errs towards fewer shape claims (the median over curves pools them)
+    simple = [m for m in models if _FAMILY[m] in ("flat", "smooth")]
+    closest = np.argmin(np.stack([rss_of[m] for m in simple], axis=1), axis=1)
+    close_fit = np.empty_like(y)
+    for j, model in enumerate(simple):
+        sel = np.flatnonzero(closest == j)
+        if sel.size:
+            close_fit[sel] = _curves(grids[model], best_g[model][sel], best_coef[model][sel])
+    r = y - close_fit
+    r = r - r.mean(axis=1, keepdims=True)
+    denom = (r**2).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ar1 = np.where(denom > 0, (r[:, 1:] * r[:, :-1]).sum(axis=1) / denom, np.nan)
     # logistic parameters of every token (reported where class is s_shaped)
     lg = grids["logistic"]
     m_w = lg.params[best_g["logistic"]]
@@ -297,12 +373,13 @@ def _classify_chunk(
             "_hi": c[:, 0] + c[:, 1],
             "_m": m_w[:, 0],
             "_w": m_w[:, 1],
+            "_ar1": ar1,
         }
     )
     for cls in CLASSES:
         members = [m for m in models if _FAMILY[m] == cls]
         out[f"bic_{cls}"] = np.min(np.stack([bic[m] for m in members], axis=1), axis=1)
-    return out
+    return out, fitted
 
 
 def _curves(grid: _Grid, g: np.ndarray, coef: np.ndarray) -> np.ndarray:
@@ -315,7 +392,8 @@ def _refine_logistic(
 ) -> np.ndarray:
     """Polish logistic fits with bounded least squares; `y [T, n]`, `start [T, 4]`
     (lo, hi, m, w) -> `[T, 4]`. The midpoint stays in [0, 1] and the width in
-    [min gap / 10, 1]; a failed fit keeps its grid start."""
+    [min gap / 10, 1]; a failed fit, or one whose plateaus are not both observed
+    (`_plateaus_observed`), keeps its grid start."""
     w_min = float(np.diff(u).min()) / 10
 
     def one(yi: np.ndarray, p0: np.ndarray) -> np.ndarray:
@@ -330,7 +408,8 @@ def _refine_logistic(
         except (ValueError, np.linalg.LinAlgError):
             return p0
         better = np.sum(fit.fun**2) <= np.sum((_logistic(u, *p0) - yi) ** 2)
-        return fit.x if fit.success and better else p0
+        inside = bool(_plateaus_observed(u, fit.x[2], fit.x[3]))
+        return fit.x if fit.success and better and inside else p0
 
     if n_jobs == 1:
         return np.array([one(yi, p0) for yi, p0 in zip(y, start, strict=True)])
@@ -359,6 +438,8 @@ def synthetic_trajectories(
     steps: Sequence[int] | np.ndarray,
     noise_sd: float,
     seed: int,
+    amplitudes: np.ndarray | None = None,
+    ends: np.ndarray | None = None,
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """Noisy loss curves of known class, shaped like token trajectories.
 
@@ -367,10 +448,13 @@ def synthetic_trajectories(
     span 2-5 nats and end at 1-5 nats; Gaussian noise of sd `noise_sd`. Shapes on
     `u = rescaled log(step+1)`:
     flat: a constant; smooth: `end + A exp(-r u)` (r in [1, 6]) or a power law in log-step;
-    s_shaped: `end + A sigmoid(-(u - m)/w)`, m between the 20% and 80% quantiles of the
-    checkpoints' u (so both plateaus are sampled), w in [0.015, 0.06]; non_monotone: two
+    s_shaped: `end + A sigmoid(-(u - m)/w)`, w in [0.015, 0.06], m between the 20% and 80%
+    quantiles of the checkpoints' u and with `m +- 2w` inside [0, 1] (both plateaus
+    observed, the definition of the class); non_monotone: two
     logistic steps of opposite sign and their own widths (fall then rise, or rise then
     fall, a realised reversal >= 1 nat), between the 10% and 90% quantiles.
+    `amplitudes` / `ends` (pools, e.g. from fits of real curves) replace the uniform draws
+    of the amplitude and the final loss.
     """
     st = np.asarray(steps, dtype=float)
     x = log_step(st)
@@ -382,8 +466,8 @@ def synthetic_trajectories(
     curves, rows = [], []
     for cls in CLASSES:
         for _ in range(n):
-            end = rng.uniform(1, 5)
-            amp = rng.uniform(2, 5)
+            end = rng.uniform(1, 5) if ends is None else float(rng.choice(ends))
+            amp = rng.uniform(2, 5) if amplitudes is None else float(rng.choice(amplitudes))
             trans = np.nan
             if cls == "flat":
                 c = np.full_like(u, rng.uniform(2, 8))
@@ -396,7 +480,8 @@ def synthetic_trajectories(
                     b = (1 + (x - x[0])) ** -p
                     c = end + amp * (b - b[-1]) / (b[0] - b[-1])
             elif cls == "s_shaped":
-                m, w = rng.uniform(q20, q80), rng.uniform(0.015, 0.06)
+                w = rng.uniform(0.015, 0.06)  # then both plateaus inside: m +- 2w in [0, 1]
+                m = rng.uniform(max(q20, 2 * w), max(min(q80, 1 - 2 * w), max(q20, 2 * w)))
                 c = end + amp * expit(-(u - m) / w)
                 trans = float(np.exp(x[0] + m * (x[-1] - x[0])) - 1)
             else:
@@ -447,20 +532,23 @@ def s_shaped_fraction_difference(
     seed: int = 0,
     ci: float = 0.95,
 ) -> pd.DataFrame:
-    """Fraction of S-shaped trajectories among seed-divergent tokens minus among a random
-    baseline set, with bootstrap CIs.
+    """Fraction of S-shaped trajectories among seed-divergent tokens minus among a baseline
+    set, with Multi-Bootstrap CIs.
 
-    Both frames have columns `run, class` (one row per token and run). The estimate is the
-    mean over runs of the per-run difference in S-shaped fraction. CIs (percentile, `ci`)
-    come from resampling tokens within each run and set (done exactly and fast: the
-    S-shaped count of a resample is binomial), from resampling runs, and from both
-    (runs, then tokens). Returns one row per scheme: `scheme, estimate, ci_low, ci_high,
+    Both frames have columns `run, token, class` (one row per token and run: the
+    `classify_trajectories` output for `[n_runs, n_tokens, n_steps]`). The estimate is the
+    mean over runs of the per-run difference in S-shaped fraction. The same tokens are
+    classified in every run, so a resample draws *token indices* once per set and uses them
+    in every run (a token that is S-shaped in all runs counts once per draw, not as
+    independent evidence per run), and draws runs with replacement (Sellam et al. 2022).
+    Rows of the result: `scheme` "tokens" (tokens only), "runs" (runs only), "runs+tokens"
+    (both: the Multi-Bootstrap, the headline), each with `estimate, ci_low, ci_high,
     divergent_frac, baseline_frac, n_runs`.
     """
     for name, frame in (("divergent", divergent), ("baseline", baseline)):
-        if not {"run", "class"} <= set(frame.columns):
+        if not {"run", "token", "class"} <= set(frame.columns):
             raise SeedscopeError(
-                f"{name} lacks columns run/class.", "pass classify_trajectories output."
+                f"{name} lacks columns run/token/class.", "pass classify_trajectories output."
             )
     runs = sorted(set(divergent["run"]) & set(baseline["run"]), key=str)
     if not runs:
@@ -468,39 +556,174 @@ def s_shaped_fraction_difference(
             "No run appears in both sets.", "classify both sets for the same runs."
         )
 
-    def counts(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        g = frame.assign(s=frame["class"] == "s_shaped").groupby("run")["s"]
-        return g.sum().reindex(runs).to_numpy(float), g.size().reindex(runs).to_numpy(float)
+    def matrix(frame: pd.DataFrame) -> np.ndarray:  # [n_runs, n_tokens] of 0/1
+        wide = frame.assign(s=frame["class"] == "s_shaped").pivot_table(
+            index="run", columns="token", values="s", aggfunc="first"
+        )
+        return wide.reindex(runs).to_numpy(dtype=float)
 
-    kd, nd = counts(divergent)
-    kb, nb = counts(baseline)
-    pd_, pb = kd / nd, kb / nb
+    sd, sb = matrix(divergent), matrix(baseline)
+    if np.isnan(sd).any() or np.isnan(sb).any():
+        raise SeedscopeError(
+            "Some tokens are classified in some runs only.",
+            "classify the same tokens in every run.",
+        )
     rng = np.random.default_rng(seed)
-    a = (1 - ci) / 2
     r = len(runs)
-    by_tokens = (rng.binomial(nd.astype(int), pd_, (n_boot, r)) / nd) - (
-        rng.binomial(nb.astype(int), pb, (n_boot, r)) / nb
-    )
-    pick = rng.integers(0, r, (n_boot, r))
-    by_runs = (pd_ - pb)[pick]
-    both = (rng.binomial(nd[pick].astype(int), pd_[pick]) / nd[pick]) - (
-        rng.binomial(nb[pick].astype(int), pb[pick]) / nb[pick]
-    )
+    fd, fb = sd.mean(axis=1), sb.mean(axis=1)  # [R] per-run fractions
+    # token resamples shared by all runs: multinomial counts over the tokens of each set
+    wd = rng.multinomial(sd.shape[1], np.full(sd.shape[1], 1 / sd.shape[1]), n_boot)
+    wb = rng.multinomial(sb.shape[1], np.full(sb.shape[1], 1 / sb.shape[1]), n_boot)
+    bd = sd @ wd.T / sd.shape[1]  # [R, B]
+    bb = sb @ wb.T / sb.shape[1]
+    pick = rng.integers(0, r, (n_boot, r))  # [B, R] runs drawn with replacement
+    cols = np.arange(n_boot)[:, None]
+    by_tokens = (bd - bb).mean(axis=0)
+    by_runs = (fd - fb)[pick].mean(axis=1)
+    both = (bd[pick, cols] - bb[pick, cols]).mean(axis=1)
+    a = (1 - ci) / 2
     rows = []
     for scheme, boot in (("tokens", by_tokens), ("runs", by_runs), ("runs+tokens", both)):
-        lo, hi = np.quantile(boot.mean(axis=1), [a, 1 - a])
+        lo, hi = np.quantile(boot, [a, 1 - a])
         rows.append(
             {
                 "scheme": scheme,
-                "estimate": float(np.mean(pd_ - pb)),
+                "estimate": float(np.mean(fd - fb)),
                 "ci_low": float(lo),
                 "ci_high": float(hi),
-                "divergent_frac": float(pd_.mean()),
-                "baseline_frac": float(pb.mean()),
+                "divergent_frac": float(fd.mean()),
+                "baseline_frac": float(fb.mean()),
                 "n_runs": r,
             }
         )
     return pd.DataFrame(rows)
+
+
+def match_baseline(
+    target: np.ndarray, pool: np.ndarray, exclude: np.ndarray | None = None
+) -> np.ndarray:
+    """Indices of `pool` rows matched one-to-one to the rows of `target` (nearest neighbour
+    without replacement, greedy in the order of the target rows' nearest distance).
+
+    `target [n, f]`, `pool [m, f]` (features, e.g. mean final loss and total drop over
+    seeds; each feature scaled by its sd over both sets); `exclude [m]` bool: pool rows that
+    may not be used (e.g. the target tokens themselves). Needs `m - excluded >= n`.
+    """
+    t, p = np.asarray(target, float), np.asarray(pool, float)
+    ok = np.ones(len(p), bool) if exclude is None else ~np.asarray(exclude, bool)
+    if ok.sum() < len(t):
+        raise SeedscopeError(
+            f"{int(ok.sum())} candidate tokens to match {len(t)} targets.",
+            "lower trajectories.n_divergent or raise token_losses.trajectory_tokens.",
+        )
+    scale = np.concatenate([t, p[ok]]).std(axis=0)
+    scale[scale == 0] = 1.0
+    d = np.sqrt((((t[:, None, :] - p[None, :, :]) / scale) ** 2).sum(axis=-1))  # [n, m]
+    d[:, ~ok] = np.inf
+    chosen = np.full(len(t), -1)
+    for i in np.argsort(d.min(axis=1), kind="stable"):
+        j = int(np.argmin(d[i]))
+        chosen[i] = j
+        d[:, j] = np.inf
+    return chosen
+
+
+def curve_features(losses: np.ndarray) -> np.ndarray:
+    """Per-token features for matching: `losses [n_runs, n_tokens, n_steps]` -> `[n_tokens,
+    2]`: the mean over runs of the final loss and of the total drop (first minus last)."""
+    y = np.asarray(losses, float)
+    return np.stack([y[..., -1].mean(axis=0), (y[..., 0] - y[..., -1]).mean(axis=0)], axis=1)
+
+
+def block_resample(residuals: np.ndarray, n_curves: int, block: int, seed: int) -> np.ndarray:
+    """Noise curves `[n_curves, n_steps]` built from real residual rows (`residuals
+    [rows, n_steps]`), each standardised to unit sd: for each curve, consecutive blocks of
+    `block` steps are copied from random rows at random offsets (a moving-block bootstrap:
+    the autocorrelation within a block is kept), then the curve is re-standardised."""
+    r = np.asarray(residuals, float)
+    r = r - r.mean(axis=1, keepdims=True)
+    sd = r.std(axis=1, keepdims=True)
+    r = r[(sd[:, 0] > 0)] / sd[sd[:, 0] > 0]
+    n = r.shape[1]
+    block = int(min(max(block, 1), n))
+    rng = np.random.default_rng(seed)
+    out = np.empty((n_curves, n))
+    for c in range(n_curves):
+        pos = 0
+        while pos < n:
+            row, start = rng.integers(0, len(r)), rng.integers(0, n - block + 1)
+            take = min(block, n - pos)
+            out[c, pos : pos + take] = r[row, start : start + take]
+            pos += take
+    out -= out.mean(axis=1, keepdims=True)
+    return out / np.maximum(out.std(axis=1, keepdims=True), 1e-12)
+
+
+def validate_at_real_noise(
+    losses: np.ndarray,
+    steps: Sequence[int] | np.ndarray,
+    n_per_class: int = 100,
+    quantiles: Sequence[float] = (0.5, 0.75, 0.9),
+    block: int = 5,
+    seed: int = 0,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The shape classifier on synthetic curves carrying the real curves' noise.
+
+    `losses [..., n_steps]` real trajectories. They are classified; their residual sds give
+    the noise levels (the `quantiles` of the residual sd over curves), their fitted
+    start/end losses give the final losses and (over non-flat curves) the amplitudes, drawn
+    at random for the synthetic curves, and their residuals, block-resampled (`block_resample`: the
+    autocorrelation is kept), give the noise. Returns `(confusion, summary)`: `confusion`
+    has one row-normalised matrix per quantile (columns `quantile, noise_sd, true_class`
+    + the predicted classes); `summary` per quantile: `noise_sd, accuracy,
+    s_recall` (S-shaped found as S-shaped), `s_false_rate` (other classes called S-shaped),
+    `flat_s_rate` (flat curves with that noise called S-shaped: the null rate),
+    `transition_error_log10` (median |error| of the recovered transition step, decades),
+    `transition_error_sd_log10` (sd of that error: the fit's own spread),
+    `autocorrelation` (rho the classifier used).
+    """
+    y = np.asarray(losses, float).reshape(-1, np.shape(losses)[-1])
+    real, resid = classify_trajectories(y, steps, refine=False, return_residuals=True)
+    ends = real["end_loss"].to_numpy()
+    shaped = real["class"].to_numpy() != "flat"  # amplitudes of curves that have a shape
+    amps = np.abs(real["start_loss"].to_numpy() - ends)[shaped]
+    amps = amps[amps > 0] if (amps > 0).any() else np.array([1.0])
+    noise_levels = np.quantile(real["resid_sd"].to_numpy(), quantiles)
+    conf_rows, rows = [], []
+    for qi, (q, sd) in enumerate(zip(quantiles, noise_levels, strict=True)):
+        noise = block_resample(resid, 4 * n_per_class, block, seed + qi) * sd
+        synth, truth = synthetic_trajectories(
+            n_per_class, steps, 0.0, seed + qi, amplitudes=amps, ends=ends
+        )
+        pred = classify_trajectories(synth + noise, steps)
+        conf = confusion_matrix(truth["class"], pred["class"])
+        conf_rows.append(conf.reset_index(names="true_class").assign(quantile=q, noise_sd=sd))
+        s_true = truth["class"].to_numpy() == "s_shaped"
+        s_pred = pred["class"].to_numpy() == "s_shaped"
+        ok = s_true & s_pred
+        signed = np.log10(pred.loc[ok, "transition_step"].to_numpy() + 1) - np.log10(
+            truth.loc[ok, "transition_step"].to_numpy() + 1
+        )
+        err = np.abs(signed)
+        flat = truth["class"].to_numpy() == "flat"
+        rows.append(
+            {
+                "quantile": q,
+                "noise_sd": float(sd),
+                "accuracy": float(np.mean(truth["class"].to_numpy() == pred["class"].to_numpy())),
+                "s_recall": float(s_pred[s_true].mean()),
+                "s_false_rate": float(s_pred[~s_true].mean()),
+                "flat_s_rate": float(s_pred[flat].mean()),
+                "transition_error_log10": float(np.median(err)) if ok.any() else float("nan"),
+                "transition_error_sd_log10": (
+                    float(np.std(signed, ddof=1)) if ok.sum() > 1 else float("nan")
+                ),
+                "autocorrelation": float(pred.attrs["autocorrelation"]),
+            }
+        )
+    confusion = pd.concat(conf_rows, ignore_index=True)
+    front = ["quantile", "noise_sd", "true_class"]
+    return confusion[front + list(CLASSES)], pd.DataFrame(rows)
 
 
 def transition_spread(classes: pd.DataFrame, min_runs: int = 2) -> pd.DataFrame:
@@ -538,6 +761,53 @@ def transition_spread(classes: pd.DataFrame, min_runs: int = 2) -> pd.DataFrame:
     few = out["n_s_shaped"] < min_runs
     out.loc[few, spread.columns] = np.nan
     return out.reset_index()
+
+
+def seed_spread_test(
+    spread: pd.DataFrame, recovery_sd: float, alpha: float = 0.05
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Is a token's transition step spread across seeds wider than the fit's own error?
+
+    `spread`: `transition_spread` output (`n_s_shaped`, `transition_sd_log10`);
+    `recovery_sd`: sd (decades) of the recovered-minus-planted transition step on synthetic
+    curves at the real noise (`validate_at_real_noise`). If the k runs shared one transition
+    step, their sd s would follow `(k-1) s^2 / sd^2 ~ chi2(k-1)`; the one-sided p of each
+    token's s is Benjamini-Hochberg adjusted over tokens. Returns the frame with `p_value`,
+    `q_value`, `wider_than_fit` and a summary: `n_tokens` (S-shaped in >= 2 runs),
+    `median_sd_log10`, `recovery_sd_log10`, `ratio` (median sd / recovery sd),
+    `fraction_wider` (share of tokens with q < `alpha`).
+    """
+    from scipy import stats as st
+
+    from seedscope.stats import bh_adjust
+
+    out = spread.copy()
+    ok = out["transition_sd_log10"].notna() & (out["n_s_shaped"] >= 2)
+    k = out.loc[ok, "n_s_shaped"].to_numpy(float)
+    sd = out.loc[ok, "transition_sd_log10"].to_numpy(float)
+    nan = float("nan")
+    out["p_value"] = nan
+    out["q_value"] = nan
+    if not ok.any() or not np.isfinite(recovery_sd) or recovery_sd <= 0:
+        out["wider_than_fit"] = False
+        return out, {
+            "n_tokens": float(ok.sum()),
+            "median_sd_log10": float(np.median(sd)) if sd.size else nan,
+            "recovery_sd_log10": float(recovery_sd),
+            "ratio": nan,
+            "fraction_wider": nan,
+        }
+    p = st.chi2.sf((k - 1) * sd**2 / recovery_sd**2, k - 1)
+    out.loc[ok, "p_value"] = p
+    out.loc[ok, "q_value"] = bh_adjust(p)
+    out["wider_than_fit"] = out["q_value"] < alpha
+    return out, {
+        "n_tokens": float(ok.sum()),
+        "median_sd_log10": float(np.median(sd)),
+        "recovery_sd_log10": float(recovery_sd),
+        "ratio": float(np.median(sd) / recovery_sd),
+        "fraction_wider": float(out.loc[ok, "wider_than_fit"].mean()),
+    }
 
 
 # --------------------------------------------------------------------------------------
