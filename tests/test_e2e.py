@@ -54,15 +54,34 @@ def test_token_losses_are_complete_and_sane(smoke_project):
         assert -lp[:, 1:].mean() < math.log(512)
 
 
+def _details(root, stage):
+    return json.loads((root / "metrics" / "details" / f"{stage}.json").read_text())
+
+
 def test_headline_metrics_are_sane(smoke_project):
+    # every headline the details file names is in the numbers file, with a finite value
+    for stage in ("loss_correlation", "convergence", "loss_pca", "behaviours", "trajectories",
+                  "induction"):  # fmt: skip
+        numbers, details = _metrics(smoke_project, stage), _details(smoke_project, stage)
+        assert set(numbers) == set(details["headline"]), stage
+        for key, entry in details["headline"].items():
+            if entry["value"] is not None:
+                assert math.isfinite(numbers[key]["value"]), (stage, key)
     corr = _metrics(smoke_project, "loss_correlation")
     for key, entry in corr.items():
         if key.startswith("pearson_"):
             assert -1 <= entry["ci_low"] <= entry["value"] <= entry["ci_high"] <= 1
     pca = _metrics(smoke_project, "loss_pca")
-    assert 0 < pca["pc2_variance"]["value"] <= pca["pc1_variance"]["value"] <= 1
+    assert "value" in pca["seed_variance_share"] and "value" in pca["n_seed_components"]
     conv = _metrics(smoke_project, "convergence")
-    assert 0 <= conv["fraction_gaps_closed"].get("value", 0) <= 1
+    n_mid = conv["n_gaps_mid"]["value"]
+    assert n_mid == sum(
+        conv[f"n_gaps_{s}"]["value"] for s in ("closed", "shrank", "persisted", "grew")
+    )
+    if n_mid > 0:  # a fraction of zero gaps has no value; otherwise it must be there
+        assert conv["fraction_gaps_closed"]["value"] == pytest.approx(
+            conv["n_gaps_closed"]["value"] / n_mid
+        )
     beh = _metrics(smoke_project, "behaviours")
     from seedscope.stage_params import BEHAVIOURS
 
@@ -74,9 +93,37 @@ def test_headline_metrics_are_sane(smoke_project):
             assert beh[f"{behaviour}_emerged_runs_{size}"]["value"] in (0, 1, 2)
     assert beh["final_score_seed_sd"]["value"] >= 0
     traj = _metrics(smoke_project, "trajectories")
-    assert -1 <= traj["s_fraction_difference"]["value"] <= 1
+    for key in ("s_fraction_difference", "s_fraction_difference_matched"):
+        assert traj[key]["ci_low"] <= traj[key]["value"] <= traj[key]["ci_high"], key
+    # the estimate is the mean over runs of per-run differences = difference of the means
+    assert traj["s_fraction_difference"]["value"] == pytest.approx(
+        traj["s_fraction_divergent"]["value"] - traj["s_fraction_random"]["value"], abs=2e-6
+    )
+    assert traj["s_fraction_difference_matched"]["value"] == pytest.approx(
+        traj["s_fraction_divergent"]["value"] - traj["s_fraction_matched"]["value"], abs=2e-6
+    )
+    # planted flat curves carrying the real (block-resampled) residuals are not called
+    # S-shaped at any noise level: the null of the shape classifier
+    validation = _details(smoke_project, "trajectories")["details"]["validation"]
+    assert [v["quantile"] for v in validation] == [0.5, 0.75, 0.9]
+    assert all(v["flat_s_rate"] <= 0.1 for v in validation), validation
+    assert traj["classifier_accuracy"]["value"] == pytest.approx(validation[0]["accuracy"])
+    assert 0 <= traj["residual_autocorrelation"]["value"] <= 0.95
     ind = _metrics(smoke_project, "induction")
-    assert 0 <= ind["fraction_formed"]["value"] <= 1
+    details = _details(smoke_project, "induction")["details"]
+    n_runs = len(details["phase_changes"])
+    formed = sum(r["formed"] for r in details["phase_changes"])
+    assert ind["fraction_formed"]["value"] == pytest.approx(formed / n_runs)
+    assert ind["fraction_jump_detected"]["value"] <= ind["fraction_formed"]["value"]
+    assert ind["best_final_induction"]["value"] == pytest.approx(
+        max(r["final_induction"] for r in details["phase_changes"]), rel=1e-5
+    )
+    # the probe draws each half without replacement: no accidental repeats (planted)
+    assert details["probe"]["accidental_repeats"] == 0
+    from seedscope.induction import icl_bands
+
+    window = np.load(smoke_project / "results" / "corpus" / "eval_tokens.npy").shape[1]
+    assert [tuple(b) for b in details["icl_bands"]] == list(icl_bands(window - 1))
 
 
 def test_outlier_tables_show_context_and_predictions(smoke_project):

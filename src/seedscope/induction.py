@@ -595,7 +595,8 @@ def fit_phase_change(
     min_amplitude: float = 0.1,
     min_r2: float = 0.8,
     max_width_fraction: float = 0.5,
-) -> PhaseChange:
+    return_boot: bool = False,
+) -> PhaseChange | tuple[PhaseChange, np.ndarray]:
     """Logistic fit of a metric on the `log(step+1)` axis and the verdict: jump or not.
 
     `steps [n_steps]` (the checkpoint schedule, any spacing, 0 allowed); `values
@@ -604,6 +605,7 @@ def fit_phase_change(
     A jump needs `|hi - lo| >= min_amplitude` (metric units), `r2 >= min_r2`, and its 10-90%
     rise (`2 ln 9` widths) within `max_width_fraction` of the log-step range: a flat or
     noisy curve fails the first two, a steady trend across the whole schedule the third.
+    `return_boot=True` also returns the bootstrap midpoints (log-steps; empty when no jump).
     """
     steps_a, vals = _phase_inputs(steps, values)
     x = log_step(steps_a)
@@ -626,12 +628,13 @@ def fit_phase_change(
         reasons.append(f"rise spans > {max_width_fraction:.0%} of the log-step range")
     detected = not reasons
     ci_low = ci_high = float("nan")
+    mids = np.empty(0)
     if detected:
         mids = bootstrap_midpoints(steps_a, vals, n_boot, seed)
         if mids.size:
             a = (1 - ci) / 2
             ci_low, ci_high = (_from_log(q) for q in np.quantile(mids, [a, 1 - a]))
-    return PhaseChange(
+    change = PhaseChange(
         step=sched_step,
         midpoint=_from_log(mid),
         onset=_from_log(mid - dx),
@@ -647,6 +650,7 @@ def fit_phase_change(
         detected=detected,
         reason="; ".join(reasons),
     )
+    return (change, mids) if return_boot else change
 
 
 def detect_phase_change(
@@ -664,6 +668,7 @@ def detect_phase_change(
     fit = fit_phase_change(
         steps, values, n_boot, seed, ci, min_amplitude, min_r2, max_width_fraction
     )
+    assert isinstance(fit, PhaseChange)
     return fit if fit.detected else None
 
 

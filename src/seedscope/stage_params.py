@@ -207,6 +207,9 @@ class TrajectoriesParams:
     n_boot: int = 500
     seed: int = 0
     n_synthetic: int = 100
+    noise_quantiles: list[float] | tuple[float, ...] = (0.5, 0.75, 0.9)
+    block: int = 5
+    alpha: float = 0.05
 
     def __post_init__(self) -> None:
         _positive(
@@ -215,7 +218,18 @@ class TrajectoriesParams:
             n_random=self.n_random,
             n_boot=self.n_boot,
             n_synthetic=self.n_synthetic,
+            block=self.block,
         )
+        qs = list(self.noise_quantiles)
+        if not qs or not all(0 < q < 1 for q in qs) or qs != sorted(qs):
+            raise SeedscopeError(
+                f"trajectories.noise_quantiles must be increasing values in (0, 1), got {qs}.",
+                "use e.g. [0.5, 0.75, 0.9] (quantiles of the real curves' residual sd).",
+            )
+        if not 0 < self.alpha < 1:
+            raise SeedscopeError(
+                f"trajectories.alpha must be in (0, 1), got {self.alpha}.", "use e.g. 0.05."
+            )
 
 
 @dataclass(frozen=True)

@@ -666,6 +666,7 @@ def validate_at_real_noise(
     quantiles: Sequence[float] = (0.5, 0.75, 0.9),
     block: int = 5,
     seed: int = 0,
+    autocorrelation: float | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The shape classifier on synthetic curves carrying the real curves' noise.
 
@@ -680,10 +681,14 @@ def validate_at_real_noise(
     `flat_s_rate` (flat curves with that noise called S-shaped: the null rate),
     `transition_error_log10` (median |error| of the recovered transition step, decades),
     `transition_error_sd_log10` (sd of that error: the fit's own spread),
-    `autocorrelation` (rho the classifier used).
+    `autocorrelation` (rho the classifier used: `autocorrelation`, or estimated from the
+    real curves when None, and used for the synthetic ones too).
     """
     y = np.asarray(losses, float).reshape(-1, np.shape(losses)[-1])
-    real, resid = classify_trajectories(y, steps, refine=False, return_residuals=True)
+    real, resid = classify_trajectories(
+        y, steps, refine=False, return_residuals=True, autocorrelation=autocorrelation
+    )
+    rho = real.attrs["autocorrelation"]
     ends = real["end_loss"].to_numpy()
     shaped = real["class"].to_numpy() != "flat"  # amplitudes of curves that have a shape
     amps = np.abs(real["start_loss"].to_numpy() - ends)[shaped]
@@ -695,7 +700,7 @@ def validate_at_real_noise(
         synth, truth = synthetic_trajectories(
             n_per_class, steps, 0.0, seed + qi, amplitudes=amps, ends=ends
         )
-        pred = classify_trajectories(synth + noise, steps)
+        pred = classify_trajectories(synth + noise, steps, autocorrelation=rho)
         conf = confusion_matrix(truth["class"], pred["class"])
         conf_rows.append(conf.reset_index(names="true_class").assign(quantile=q, noise_sd=sd))
         s_true = truth["class"].to_numpy() == "s_shaped"

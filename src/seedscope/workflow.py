@@ -171,35 +171,6 @@ def topk_lookup(resolved: ResolvedSuite, step: int, tokens: Any, rows: pd.DataFr
     return lambda run, window, pos: table[(run, int(window), int(pos))]
 
 
-def mean_pair_pearson(
-    logprobs: dict[str, Any], pairs: list[tuple[str, str]], n_boot: int, seed: int
-) -> dict[str, float]:
-    """Mean Pearson r over `pairs`, with a window-only bootstrap CI (eval-set noise only; the
-    seed-aware CI of the headline is `compare.seed_agreement`)."""
-    import numpy as np
-
-    from seedscope.stats import bootstrap_weights, pair_moments, pearson_statistic
-
-    keep = np.logical_and.reduce([np.isfinite(v) for v in logprobs.values()])
-    n_windows = keep.shape[0]
-    weights = bootstrap_weights(n_windows, n_boot, seed)
-    estimates, replicates = [], []
-    for a, b in pairs:
-        x = np.asarray(logprobs[a], dtype=np.float64)
-        y = np.asarray(logprobs[b], dtype=np.float64)
-        per_window = pair_moments(x - x[keep].mean(), y - y[keep].mean(), keep)
-        estimates.append(pearson_statistic(per_window.sum(0)))
-        replicates.append(pearson_statistic(weights @ per_window))
-    mean_reps = np.mean(replicates, axis=0)
-    low, high = np.nanpercentile(mean_reps, [2.5, 97.5])
-    return {
-        "value": float(np.mean(estimates)),
-        "ci_low": float(low),
-        "ci_high": float(high),
-        "n_pairs": len(pairs),
-    }
-
-
 def pair_groups(resolved: ResolvedSuite) -> dict[str, list[tuple[str, str]]]:
     """Pairs of runs grouped as 'within <size>' (sizes with >= 2 seeds) and 'across sizes'."""
     from seedscope.compare import seed_pairs
@@ -1286,21 +1257,64 @@ def trajectories_stage(suite: dict[str, Any], trajectories: dict[str, Any]):
     runs = resolved.run_names
     div_idx = np.flatnonzero(selection["divergent"].to_numpy())
     rand_idx = np.flatnonzero(selection["random"].to_numpy())
-    divergent = tj.classify_trajectories(losses[:, div_idx], steps, run_names=runs)
+    # one classifier for every set: the residual autocorrelation is measured on the random
+    # (representative) tokens and used for all, so the sets differ only in their curves
     baseline = tj.classify_trajectories(losses[:, rand_idx], steps, run_names=runs)
+    rho = baseline.attrs["autocorrelation"]
+    divergent = tj.classify_trajectories(
+        losses[:, div_idx], steps, run_names=runs, autocorrelation=rho
+    )
+    # a baseline matched on mean final loss and total drop: S-shape detection depends on
+    # amplitude, and seed-divergent tokens differ from random ones in amplitude
+    features = tj.curve_features(losses)
+    matched_idx = tj.match_baseline(
+        features[div_idx], features, exclude=selection["divergent"].to_numpy()
+    )
+    matched = tj.classify_trajectories(
+        losses[:, matched_idx], steps, run_names=runs, autocorrelation=rho
+    )
+    selection["matched"] = np.isin(np.arange(len(selection)), matched_idx)
+    write_parquet(out / "selection.parquet", selection)
     classes = pd.concat(
-        [divergent.assign(set="divergent"), baseline.assign(set="random")], ignore_index=True
+        [
+            divergent.assign(set="divergent"),
+            baseline.assign(set="random"),
+            matched.assign(set="matched"),
+        ],
+        ignore_index=True,
     )
     write_parquet(out / "classes.parquet", classes)
-    noise = tj.estimate_noise(losses.reshape(-1, losses.shape[-1]), steps)
-    synth, truth = tj.synthetic_trajectories(cfg.n_synthetic, steps, noise, cfg.seed)
-    predicted = tj.classify_trajectories(synth, steps)
-    confusion = tj.confusion_matrix(truth["class"], predicted["class"])
-    accuracy = float(np.mean(truth["class"].to_numpy() == predicted["class"].to_numpy()))
-    write_parquet(out / "confusion.parquet", confusion.reset_index(names="true_class"))
+    confusion_all, validation = tj.validate_at_real_noise(
+        losses[:, rand_idx],
+        steps,
+        n_per_class=cfg.n_synthetic,
+        quantiles=cfg.noise_quantiles,
+        block=cfg.block,
+        seed=cfg.seed,
+        autocorrelation=rho,
+    )
+    write_parquet(out / "confusion.parquet", confusion_all)
+    write_parquet(out / "validation.parquet", validation)
+    mid_q = validation.iloc[int(np.argmin(np.abs(validation["quantile"] - 0.5)))]
+    confusion = (
+        confusion_all[confusion_all["quantile"] == mid_q["quantile"]]
+        .set_index("true_class")[list(tj.CLASSES)]
+        .rename_axis("true")
+    )
+    noise = float(mid_q["noise_sd"])
+    accuracy = float(mid_q["accuracy"])
     path = tj.s_shaped_fraction_difference(divergent, baseline, n_boot=cfg.n_boot, seed=cfg.seed)
+    path_matched = tj.s_shaped_fraction_difference(
+        divergent, matched, n_boot=cfg.n_boot, seed=cfg.seed
+    )
+    path = pd.concat(
+        [path.assign(baseline="random"), path_matched.assign(baseline="matched")],
+        ignore_index=True,
+    )
     write_parquet(out / "path_dependence.parquet", path)
-    spread = tj.transition_spread(divergent)
+    spread, spread_test = tj.seed_spread_test(
+        tj.transition_spread(divergent), float(mid_q["transition_error_sd_log10"]), cfg.alpha
+    )
     write_parquet(out / "transition_spread.parquet", spread)
     fractions = classes.groupby(["set", "class"]).size() / classes.groupby("set").size()
     fractions = fractions.rename("fraction").reset_index()
@@ -1330,14 +1344,21 @@ def trajectories_stage(suite: dict[str, Any], trajectories: dict[str, Any]):
             "seedscope.trajectories.plot_confusion",
         ),
     ]
-    both = path[path["scheme"] == path["scheme"].iloc[-1]].iloc[0]
-    valid_spread = spread.dropna(subset=["transition_sd_log10"])
+    both = path[(path["scheme"] == "runs+tokens") & (path["baseline"] == "random")].iloc[0]
+    both_m = path[(path["scheme"] == "runs+tokens") & (path["baseline"] == "matched")].iloc[0]
+    top_q = validation.iloc[-1]
     heads = {
         "s_fraction_difference": headline(
             both["estimate"],
             "S-shaped fraction, seed-divergent minus random tokens "
-            f"(CI resampling {both['scheme']})",
+            "(Multi-Bootstrap CI over runs and tokens)",
             (both["ci_low"], both["ci_high"]),
+        ),
+        "s_fraction_difference_matched": headline(
+            both_m["estimate"],
+            "S-shaped fraction, seed-divergent minus tokens matched on final loss and drop "
+            "(Multi-Bootstrap CI)",
+            (both_m["ci_low"], both_m["ci_high"]),
         ),
         "s_fraction_divergent": headline(
             both["divergent_frac"], "fraction of seed-divergent token curves S-shaped"
@@ -1345,16 +1366,34 @@ def trajectories_stage(suite: dict[str, Any], trajectories: dict[str, Any]):
         "s_fraction_random": headline(
             both["baseline_frac"], "fraction of random token curves S-shaped"
         ),
+        "s_fraction_matched": headline(
+            both_m["baseline_frac"], "fraction of matched baseline token curves S-shaped"
+        ),
         "classifier_accuracy": headline(
             accuracy,
-            f"shape classifier accuracy on synthetic "
-            f"curves at the real noise level ({noise:.2f} nats)",
+            "shape classifier accuracy on synthetic curves with block-resampled real "
+            f"residuals at the noise quantile nearest the median ({mid_q['quantile']:.0%}: "
+            f"{noise:.2f} nats)",
+        ),
+        "classifier_s_false_rate": headline(
+            float(top_q["s_false_rate"]),
+            "share of non-S synthetic curves called S-shaped at the "
+            f"{top_q['quantile']:.0%} noise quantile ({top_q['noise_sd']:.2f} nats)",
+        ),
+        "residual_autocorrelation": headline(
+            rho, "lag-1 autocorrelation of the residuals of real curves (sets the BIC's n_eff)"
         ),
     }
-    if len(valid_spread):
+    if np.isfinite(spread_test["median_sd_log10"]):
         heads["transition_sd_decades"] = headline(
-            float(valid_spread["transition_sd_log10"].median()),
+            spread_test["median_sd_log10"],
             "median across tokens of the sd across seeds of the transition step (decades)",
+        )
+    if np.isfinite(spread_test["fraction_wider"]):
+        heads["transition_spread_wider_than_fit"] = headline(
+            spread_test["fraction_wider"],
+            "share of tokens whose transition-step spread across seeds exceeds the fit's own "
+            f"error (chi-square, BH q < {cfg.alpha:g})",
         )
     metrics = write_metrics(
         "trajectories",
@@ -1362,13 +1401,18 @@ def trajectories_stage(suite: dict[str, Any], trajectories: dict[str, Any]):
         details={
             "class_fractions": fractions.to_dict("records"),
             "noise_sd": noise,
+            "validation": validation.to_dict("records"),
             "path_dependence": path.to_dict("records"),
+            "transition_spread_test": spread_test,
         },
         provenance=stage_provenance("trajectories", resolved, [int(s) for s in steps], cfg),
     )
     return {
         "classes": classes,
         "confusion": confusion,
+        "validation": validation,
+        "spread_test": spread_test,
+        "autocorrelation": rho,
         "accuracy": accuracy,
         "noise": noise,
         "path": path,
@@ -1378,6 +1422,27 @@ def trajectories_stage(suite: dict[str, Any], trajectories: dict[str, Any]):
         "metrics": metrics,
         "steps": steps,
     }
+
+
+def path_dependence_sentence(path: pd.DataFrame) -> str:
+    """Plain-words verdict on path dependence, from `trajectories_stage`'s `path` table
+    (Multi-Bootstrap rows, against the random and the matched baseline)."""
+    parts = []
+    for base, name in (("random", "random tokens"), ("matched", "tokens matched on final loss and drop")):
+        row = path[(path["scheme"] == "runs+tokens") & (path["baseline"] == base)]
+        if row.empty:
+            continue
+        r = row.iloc[0]
+        verdict = (
+            "higher" if r["ci_low"] > 0 else "lower" if r["ci_high"] < 0 else "not different"
+        )
+        parts.append(
+            f"Against {name}: {r['divergent_frac']:.1%} of seed-divergent token curves are "
+            f"S-shaped vs {r['baseline_frac']:.1%}, difference {r['estimate']:+.3f} (95% CI "
+            f"{r['ci_low']:+.3f} to {r['ci_high']:+.3f}, Multi-Bootstrap over "
+            f"{int(r['n_runs'])} runs and tokens): {verdict}."
+        )  # fmt: skip
+    return " ".join(parts)
 
 
 # ----------------------------------------------------------------------------- corpus
@@ -1546,13 +1611,14 @@ def induction_stage(suite: dict[str, Any], induction: dict[str, Any]):
     for run in resolved.run_names:
         ind_values = np.stack([per_seq[(run, s)][0] for s in steps])  # [n_steps, n_seqs]
         icl_values = np.stack([per_seq[(run, s)][1] for s in steps])  # [n_steps, n_windows]
-        jump = ind.fit_phase_change(
+        # bootstraps (for CIs and lags) run only where a jump is detected
+        jump, ind_boot = ind.fit_phase_change(
             steps, ind_values, cfg.n_boot, cfg.seed,
-            min_amplitude=cfg.phase_min_amplitude, min_r2=cfg.phase_min_r2,
+            min_amplitude=cfg.phase_min_amplitude, min_r2=cfg.phase_min_r2, return_boot=True,
         )  # fmt: skip
-        icl_jump = ind.fit_phase_change(
-            steps, icl_values, cfg.n_boot, cfg.seed,
-            min_amplitude=cfg.icl_min_amplitude, min_r2=cfg.phase_min_r2,
+        icl_jump, icl_boot = ind.fit_phase_change(
+            steps, icl_values, cfg.n_boot, cfg.seed + 1,
+            min_amplitude=cfg.icl_min_amplitude, min_r2=cfg.phase_min_r2, return_boot=True,
         )  # fmt: skip
         curve_steps, loss = training_curve(resolved, run, steps)
         bump = ind.training_loss_bump(curve_steps, loss)
@@ -1564,8 +1630,6 @@ def induction_stage(suite: dict[str, Any], induction: dict[str, Any]):
         ind_step = jump.midpoint if formed and jump.detected else nan
         icl_step = icl_jump.midpoint if icl_jump.detected else nan
         bump_step = bump["steepest"] if bump else nan
-        ind_boot = ind.bootstrap_midpoints(steps, ind_values, cfg.n_boot, cfg.seed)
-        icl_boot = ind.bootstrap_midpoints(steps, icl_values, cfg.n_boot, cfg.seed + 1)
         for other, value, boot in (("icl", icl_step, icl_boot), ("bump", bump_step, None)):
             lag = (
                 ind.signed_lags(ind_step, value, ind_boot, boot)
@@ -1963,7 +2027,13 @@ def pretrained_train_stage(resolved: ResolvedSuite, cfg: Any) -> dict[str, Any]:
     from seedscope.plots import plot_curves, register_figure
 
     fresh_outputs("train")
-    mini_hub_cache().mkdir(parents=True, exist_ok=True)
+    # results/hub is a declared output (the mini-suite's cache): here it only says where
+    # the checkpoints are
+    with atomic_path(mini_hub_cache() / "README.md") as tmp:
+        tmp.write_text(
+            f"{resolved.suite.name} is a hub suite: its checkpoints are read from the "
+            "Hugging Face hub cache (HF_HUB_CACHE / HF_HOME), not from this folder.\n"
+        )
     plot_dir = metrics_dir() / "plots" / "train_loss"
     shutil.rmtree(plot_dir, ignore_errors=True)
     plot_dir.mkdir(parents=True, exist_ok=True)

@@ -343,6 +343,21 @@ CASES: dict[str, Case] = {
         "behaviours.score_threshold must be in (0, 1)",
         {"behaviours": {"score_threshold": 1.0}},
     ),
+    "ICL bands that overlap": Case(
+        ["validate", "--params", "{params}"],
+        "induction.icl_early [40, 500] must end before icl_late",
+        {"induction": {"icl_early": [40, 500], "icl_late": [450, 550]}},
+    ),
+    "induction threshold out of range": Case(
+        ["validate", "--params", "{params}"],
+        "induction.formed_score must be in (0, 1]",
+        {"induction": {"formed_score": 40}},
+    ),
+    "noise quantiles not increasing": Case(
+        ["validate", "--params", "{params}"],
+        "trajectories.noise_quantiles must be increasing values in (0, 1)",
+        {"trajectories": {"noise_quantiles": [0.9, 0.5]}},
+    ),
     "analysis step not on the schedule": Case(
         ["validate", "--params", "{params}"],
         "behaviours.steps: Step 25",
