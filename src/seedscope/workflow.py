@@ -1428,14 +1428,15 @@ def path_dependence_sentence(path: pd.DataFrame) -> str:
     """Plain-words verdict on path dependence, from `trajectories_stage`'s `path` table
     (Multi-Bootstrap rows, against the random and the matched baseline)."""
     parts = []
-    for base, name in (("random", "random tokens"), ("matched", "tokens matched on final loss and drop")):
+    for base, name in (
+        ("random", "random tokens"),
+        ("matched", "tokens matched on final loss and drop"),
+    ):
         row = path[(path["scheme"] == "runs+tokens") & (path["baseline"] == base)]
         if row.empty:
             continue
         r = row.iloc[0]
-        verdict = (
-            "higher" if r["ci_low"] > 0 else "lower" if r["ci_high"] < 0 else "not different"
-        )
+        verdict = "higher" if r["ci_low"] > 0 else "lower" if r["ci_high"] < 0 else "not different"
         parts.append(
             f"Against {name}: {r['divergent_frac']:.1%} of seed-divergent token curves are "
             f"S-shaped vs {r['baseline_frac']:.1%}, difference {r['estimate']:+.3f} (95% CI "
