@@ -276,3 +276,140 @@ def english_text(n_chars: int = 200_000) -> str:
     seen: set[str] = set()
     unique = [p for p in paragraphs if not (p in seen or seen.add(p))]
     return "\n\n".join(unique)[:n_chars]
+
+
+# ----------------------------------------------------------------------------- trained suites
+
+
+def gpt2_tokenizer_object(folder: Path):
+    """GPT-2's tokenizer (a `tokenizers.Tokenizer`) from `vocab.json` + `merges.txt`."""
+    from seedscope.corpus import gpt2_bpe_tokenizer
+
+    return gpt2_bpe_tokenizer(folder / "vocab.json", folder / "merges.txt")
+
+
+def crfm_model(seed: int, n_embd: int, n_head: int, vocab_size: int = 50257, n_positions=64):
+    """A tiny GPT-2 with CRFM's attention flags, at its (seeded) initialisation."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=vocab_size, n_positions=n_positions, n_embd=n_embd, n_layer=2,
+        n_head=n_head, scale_attn_by_inverse_layer_idx=True, reorder_and_upcast_attn=True,
+        bos_token_id=50256, eos_token_id=50256,
+    )  # fmt: skip
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return GPT2LMHeadModel(config)
+
+
+def pythia_model(seed: int, hidden: int, vocab_size: int = 50257, n_positions: int = 64):
+    """A tiny GPT-NeoX (Pythia's architecture) at its (seeded) initialisation."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    config = GPTNeoXConfig(
+        vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=2 * hidden, max_position_embeddings=n_positions,
+        bos_token_id=0, eos_token_id=0,
+    )  # fmt: skip
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return GPTNeoXForCausalLM(config)
+
+
+def train_briefly(model, tokens: np.ndarray, schedule: list[int], seed: int, context: int = 32):
+    """Train `model` (AdamW, batches of 2 windows drawn with `seed`) up to the last step of
+    `schedule`, so that checkpoints differ and seeds differ; yield (step, history) at each
+    schedule step with the model holding that step's weights (history: Trainer-style
+    `log_history` entries, one per step so far)."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    data = torch.as_tensor(tokens.astype(np.int64))
+    history: list[dict] = []
+    model.train()
+    for step in range(0, max(schedule) + 1):
+        if step > 0:
+            starts = torch.randint(0, len(data) - context, (2,), generator=gen)
+            batch = torch.stack([data[s : s + context] for s in starts.tolist()])
+            loss = model(batch, labels=batch).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            history.append({"step": step, "loss": round(loss.item(), 4), "learning_rate": 3e-3})
+        if step in schedule:
+            model.eval()
+            yield step, list(history)
+            model.train()
+
+
+def suite_yaml(name: str, architecture: str, revision_format: str, steps, runs) -> str:
+    """A registry entry for a fabricated suite (`runs`: (name, repo_id, seed, size))."""
+    import yaml
+
+    return yaml.safe_dump(
+        {
+            "name": name,
+            "description": f"rehearsal of a hub suite ({architecture}, fabricated cache)",
+            "architecture": architecture,
+            "revision_format": revision_format,
+            "tokenizer": "gpt2",
+            "schedule": {"explicit": list(steps)},
+            "runs": [{"name": n, "repo_id": r, "seed": s, "size": size} for n, r, s, size in runs],
+        }
+    )
+
+
+def fabricate_crfm_suite(root: Path, gpt2_dir: Path, text: str) -> dict:
+    """A CRFM-layout hub cache of a 2 sizes x 2 seeds suite `crfm-rehearsal`: tiny GPT-2s of
+    GPT-2's vocabulary with CRFM's flags, trained briefly on `text`, one `checkpoint-N`
+    branch per schedule step holding pytorch_model.bin, config.json, GPT-2's vocab.json +
+    merges.txt and a trainer_state.json whose log_history is the run's loss so far."""
+    steps = [0, 1, 2, 3, 4, 6, 8, 10, 12]  # trajectories need >= 8 steps after 0
+    sizes = {"small": (16, 2), "medium": (32, 4)}
+    runs = [
+        (f"{size}-x{seed}", f"stanford-crfm/rehearsal-gpt2-{size}-x{seed}", seed, size)
+        for size in sizes
+        for seed in (21, 49)
+    ]
+    cache, suites = root / "hub", root / "suites"
+    suites.mkdir(parents=True, exist_ok=True)
+    (suites / "crfm-rehearsal.yaml").write_text(
+        suite_yaml("crfm-rehearsal", "gpt2", "checkpoint-{step}", steps, runs)
+    )
+    tokens = np.asarray(gpt2_tokenizer_object(gpt2_dir).encode(text).ids)
+    tok_files = {n: gpt2_dir / n for n in ("vocab.json", "merges.txt")}
+    logs = {}
+    for name, repo, seed, size in runs:
+        model = crfm_model(seed, *sizes[size])
+        for step, history in train_briefly(model, tokens, steps, seed):
+            write_crfm_checkpoint(cache, repo, step, model, tok_files, root / "w", history)
+            logs[name] = history
+    return {"cache": cache, "suites": suites, "steps": steps, "runs": runs, "logs": logs}
+
+
+def fabricate_pythia_suite(root: Path, gpt2_dir: Path, text: str) -> dict:
+    """A Pythia-layout hub cache of 2 seeds `pythia-rehearsal`: tiny GPT-NeoX models trained
+    briefly, one `stepN` branch per step holding model.safetensors, config.json and
+    tokenizer.json (GPT-2's BPE standing in for Pythia's); no training log, as on the hub."""
+    import json as _json
+
+    steps = [0, 1, 2, 4, 8]
+    runs = [(f"seed{s}", f"EleutherAI/rehearsal-pythia-14m-seed{s}", s, "14m") for s in (1, 2)]
+    cache, suites = root / "hub", root / "suites"
+    suites.mkdir(parents=True, exist_ok=True)
+    (suites / "pythia-rehearsal.yaml").write_text(
+        suite_yaml("pythia-rehearsal", "gpt_neox", "step{step}", steps, runs)
+    )
+    tok = gpt2_tokenizer_object(gpt2_dir)
+    tokens = np.asarray(tok.encode(text).ids)
+    for name, repo, seed, _ in runs:
+        model = pythia_model(seed, 32)
+        for step, _history in train_briefly(model, tokens, steps, seed):
+            out = root / "w" / f"{name}-{step}"
+            model.save_pretrained(out)
+            tok.save(str(out / "tokenizer.json"))
+            (out / "tokenizer_config.json").write_text(
+                _json.dumps({"tokenizer_class": "GPT2Tokenizer", "eos_token": "<|endoftext|>"})
+            )
+            files = {p.name: p for p in out.iterdir() if p.is_file()}
+            write_snapshot(cache, repo, f"step{step}", files, symlinks=True)
+    return {"cache": cache, "suites": suites, "steps": steps, "runs": runs}

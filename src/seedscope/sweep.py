@@ -237,11 +237,16 @@ class HubStore:
         """The commit the unit's revision resolves to in the cache (which weights it names),
         or None when the revision is not cached (an evicted hub checkpoint: published
         revisions do not move, so the unit's earlier result stands)."""
+        return self.commits([unit])[unit.key]
+
+    def commits(self, units: Sequence[Unit]) -> dict[str, str | None]:
+        """`commit` of many units, reading each repo's refs once."""
         from seedscope.checkpoints import cache_dir_for, default_hub_cache
         from seedscope.hubcache import cached_revisions
 
         cache = cache_dir_for(self.suite, self.cache_dir) or default_hub_cache()
-        return cached_revisions(cache, unit.repo_id).get(unit.revision)
+        refs = {repo: cached_revisions(cache, repo) for repo in {u.repo_id for u in units}}
+        return {u.key: refs[u.repo_id].get(u.revision) for u in units}
 
 
 @dataclass(frozen=True)
@@ -528,8 +533,11 @@ def run_sweep(
         "threads": cfg.threads,
     }
 
-    commit_of = getattr(store, "commit", lambda unit: None)
-    commits = {unit.key: commit_of(unit) for unit in units}
+    if hasattr(store, "commits"):
+        commits = store.commits(units)
+    else:
+        commit_of = getattr(store, "commit", lambda unit: None)
+        commits = {unit.key: commit_of(unit) for unit in units}
     rows: list[dict[str, Any]] = []
     todo: list[Unit] = []
     for unit in units:
