@@ -133,3 +133,70 @@ def test_clean_outputs_moves_stderr_and_scrubs_paths(tmp_path, monkeypatch):
     assert len(out.cells) == 1
     texts = [o.get("text") or o["data"]["text/plain"] for o in out.cells[0].outputs]
     assert texts == ["wrote ./results/a.json\n", "PosixPath('./figures')"]
+
+
+def test_write_chapter_folds_code_and_appends_provenance(tmp_path):
+    from seedscope.report import write_chapter
+
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell("suite = {}")
+    params.metadata["tags"] = ["parameters"]
+    injected = nbformat.v4.new_code_cell("suite = {'name': 'mini'}")
+    injected.metadata["tags"] = ["injected-parameters"]
+    code = nbformat.v4.new_code_cell("plot()")
+    code.outputs = [
+        nbformat.v4.new_output("stream", name="stderr", text="warning\n"),
+        nbformat.v4.new_output("stream", name="stdout", text="result\n"),
+    ]
+    nb.cells = [nbformat.v4.new_markdown_cell("# 05 · Title"), params, injected, code]
+    source, dest = tmp_path / "in.ipynb", tmp_path / "book" / "chapters" / "out.ipynb"
+    nbformat.write(nb, source)
+    prov = {
+        "suite": "mini",
+        "runs": ["small-s0"],
+        "steps": [1000],
+        "params_hash": "abc123",
+        "git_commit": "deadbeef",
+    }
+    write_chapter("loss_correlation", source, dest, {"provenance": prov})
+    out = nbformat.read(dest, as_version=4)
+    tags = [c.metadata.get("tags", []) for c in out.cells]
+    assert "remove-cell" in tags[1] and "remove-cell" in tags[2]
+    assert tags[3] == ["hide-input"]
+    assert [o["text"] for o in out.cells[3].outputs] == ["result\n"]
+    last = out.cells[-1].source
+    assert "dvc repro loss_correlation" in last and "abc123" in last and "deadbeef" in last
+    assert "small-s0" in last and "1,000" in last
+
+
+def test_tests_of_finds_the_tests_that_call_a_function(tmp_path):
+    from seedscope.report import tests_of
+
+    (tmp_path / "test_pca.py").write_text("from seedscope.pca import loadings_plot\n")
+    (tmp_path / "test_other.py").write_text("x = 1\n")
+    (tmp_path / "test_compare.py").write_text("y = 2\n")
+    assert tests_of("seedscope.pca.loadings_plot", tmp_path) == ["tests/test_pca.py"]
+    # nothing calls it by name: the test file of its module
+    assert tests_of("seedscope.compare.scatter_grid", tmp_path) == ["tests/test_compare.py"]
+    assert tests_of("seedscope.induction.plot_x", tmp_path) == []
+
+
+def test_suite_line_names_runs_with_seeds():
+    from seedscope.report import suite_line
+
+    manifest = {
+        "suite": "mini",
+        "description": "2 sizes x 2 seeds",
+        "runs": [
+            {"name": f"{s}-x{k}", "seed": k, "size": s}
+            for s in ("small", "medium")
+            for k in (21, 49)
+        ],
+        "sizes": ["small", "medium"],
+        "steps": [0, 500, 1000],
+        "mid_step": 500,
+        "final_step": 1000,
+    }
+    line = suite_line(manifest)
+    assert "small-x21 (seed 21)" in line and "medium-x49 (seed 49)" in line
+    assert "4 runs, 2 sizes" in line and "3 checkpoints from step 0 to 1,000" in line
