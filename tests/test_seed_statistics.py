@@ -167,6 +167,34 @@ def test_unchanged_gaps_are_not_closed_whatever_the_category_size():
     assert (old.set_index("category")["status"] == "closed").sum() >= 1
 
 
+def test_unchanged_gaps_below_the_margin_are_not_closed():
+    """Planted: the same gap (0.012 nats, below the 0.02 margin) at mid and final, in a big
+    category (90% of tokens: significant by power alone) and a small one. Nothing changed, so
+    nothing closed: a gap already within the margin at mid is not open, and closing needs a
+    change CI below 0 (the old rule called the big one "closed", fraction_closed = 1)."""
+    rng = np.random.default_rng(0)
+    meta = pd.DataFrame({"tag": rng.choice(["big", "small"], N_W * W, p=[0.9, 0.1])})
+    gaps = {"big": 0.012, "small": 0.012}
+    mid, fin = _gap_suite(rng, gaps, gaps, meta)
+    table, summary = compare.gap_change(mid, fin, meta, ["tag"], [("a", "b")], 0.02, n_boot=200)
+    assert summary["n_closed"] == 0 and (table["status"] != "closed").all()
+    assert not summary["fraction_closed"] > 0
+    # The same unchanged gap above the margin (0.05 nats): open at mid, still not closed.
+    gaps = {"big": 0.05, "small": 0.05}
+    mid, fin = _gap_suite(rng, gaps, gaps, meta)
+    table, summary = compare.gap_change(mid, fin, meta, ["tag"], [("a", "b")], 0.02, n_boot=200)
+    assert "big" in set(table["category"]) and summary["n_closed"] == 0
+
+
+def test_a_gap_that_grows_is_never_closed():
+    """Planted: a gap of 0.1 nats at mid that grows to 0.3 is "grew", whatever the margin."""
+    rng = np.random.default_rng(11)
+    meta = pd.DataFrame({"tag": rng.choice(["big", "rest"], N_W * W, p=[0.8, 0.2])})
+    mid, fin = _gap_suite(rng, {"big": 0.1}, {"big": 0.3}, meta)
+    table, _ = compare.gap_change(mid, fin, meta, ["tag"], [("a", "b")], 0.05, n_boot=200)
+    assert table.set_index("category").loc["big", "status"] == "grew"
+
+
 def test_shrinking_gaps_are_called_closed():
     rng = np.random.default_rng(4)
     meta = pd.DataFrame({"tag": rng.choice(["big", "mid", "rest"], N_W * W, p=[0.5, 0.2, 0.3])})

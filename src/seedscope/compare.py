@@ -1250,14 +1250,19 @@ def gap_change(
     Per pair and metadata category, the gap = mean log-prob of run a minus run b at the mid
     and at the final step, bootstrapped on the SAME resampled windows (paired). At each step
     every gap is tested (`stats.wald_p`) and Benjamini-Hochberg controls the FDR at `alpha`
-    over all tests of that step. For each gap significant at mid:
-    - closed: the final gap's (1 - 2 alpha) CI lies inside (-margin, +margin) nats (TOST);
-    - else shrank / grew: the CI of the change |gap_final| - |gap_mid| lies below / above 0;
+    over all tests of that step. A gap is open at mid when it is significant AND not already
+    equivalent to none (its mid (1 - 2 alpha) CI reaches beyond +-margin: a gap smaller than
+    the margin cannot close, however many tokens make it significant). For each open gap,
+    with BH over the open gaps for the equivalence p (TOST, max of the two one-sided p) and
+    for the change p (change = |gap_final| - |gap_mid|, Wald from its paired replicates):
+    - closed: the final gap is equivalent to none within +-margin AND the change is
+      significantly negative (a gap that did not shrink did not close);
+    - else shrank / grew: the change is significantly negative / positive;
     - else persisted.
-    fraction_closed gets a CI that resamples windows and runs (runs within their size when
-    `sizes` is given): in each replicate every gap is re-classified from its replicate values
-    (the step's BH cut-off and SEs held fixed) and the fraction is taken over the gaps of the
-    pairs among the drawn runs. Returns (one row per significant-at-mid gap, summary).
+    fraction_closed (closed / open) gets a CI that resamples windows and runs (runs within
+    their size when `sizes` is given): in each replicate every gap is re-classified from its
+    replicate values (the BH cut-offs and SEs held fixed) and the fraction is taken over the
+    gaps of the pairs among the drawn runs. Returns (one row per open gap, summary).
     """
     from seedscope.stats import pair_replicate_mean, resample_runs_within, wald_p
 
@@ -1313,15 +1318,31 @@ def gap_change(
     p_adj = np.stack([bh_adjust(np.where(enough, p[s], np.nan)) for s in range(2)])
     sig = (p_adj < alpha) & enough
     z_tost = float(scipy.stats.norm.ppf(1 - alpha))
-    fin_low = est_arr[1] - z_tost * se[1]
-    fin_high = est_arr[1] + z_tost * se[1]
-    closed = (fin_low > -margin) & (fin_high < margin)
+    mid_low, mid_high = est_arr[0] - z_tost * se[0], est_arr[0] + z_tost * se[0]
+    fin_low, fin_high = est_arr[1] - z_tost * se[1], est_arr[1] + z_tost * se[1]
+    mid_sig = sig[0]
+    is_open = mid_sig & ~((mid_low > -margin) & (mid_high < margin))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # TOST: max(p_low, p_high) = sf((margin - |gap|) / se); a zero SE is exact.
+        z_eq = (margin - np.abs(est_arr[1])) / se[1]
+        p_eq = np.where(
+            se[1] > 0, scipy.stats.norm.sf(z_eq), np.where(np.abs(est_arr[1]) < margin, 0.0, 1.0)
+        )
     change = np.abs(est_arr[1]) - np.abs(est_arr[0])
     change_reps = np.abs(rep_arr[1]) - np.abs(rep_arr[0])
+    se_change = quiet_nan(np.nanstd, change_reps, axis=0, ddof=1)
+    p_change = wald_p(change, change_reps)
+    p_eq_adj = bh_adjust(np.where(is_open, p_eq, np.nan))
+    p_change_adj = bh_adjust(np.where(is_open, p_change, np.nan))
+    equivalent = is_open & (p_eq_adj < alpha)
+    moved = is_open & (p_change_adj < alpha)
     qs = [100 * alpha / 2, 100 * (1 - alpha / 2)]
     ch_low, ch_high = quiet_nan(np.nanpercentile, change_reps, qs, axis=0)
+    shrank = moved & (change < 0)
     status = np.where(
-        closed, "closed", np.where(ch_high < 0, "shrank", np.where(ch_low > 0, "grew", "persisted"))
+        equivalent & shrank,
+        "closed",
+        np.where(shrank, "shrank", np.where(moved & (change > 0), "grew", "persisted")),
     )
     table = pd.DataFrame(keys, columns=_GAP_KEY).assign(
         n_tokens=n_tok,
@@ -1331,23 +1352,30 @@ def gap_change(
         gap_final=est_arr[1],
         final_low=fin_low,
         final_high=fin_high,
+        p_equivalent_adjusted=p_eq_adj,
         p_final_adjusted=p_adj[1],
         significant_final=sig[1],
         change=change,
         change_low=ch_low,
         change_high=ch_high,
+        p_change_adjusted=p_change_adj,
         status=status,
     )
-    mid_sig = sig[0]
-    table = table[mid_sig].reset_index(drop=True)
+    table = table[is_open].reset_index(drop=True)
 
-    # Replicates re-classified with the step's BH cut-off and the SEs held fixed.
-    # (the cut-off as the smallest |z| BH called significant: p-values underflow to 0)
+    # Replicates re-classified with the BH cut-offs and the SEs held fixed (each cut-off
+    # as the smallest |z| BH called: p-values underflow to 0).
+    def z_cut(z: np.ndarray, called: np.ndarray) -> float:
+        return float(np.nanmin(np.where(called, z, np.nan))) if called.any() else np.inf
+
     with np.errstate(invalid="ignore", divide="ignore"):
-        z_obs = np.abs(est_arr[0]) / se[0]
-        z_cut = float(np.nanmin(np.where(mid_sig, z_obs, np.nan))) if mid_sig.any() else np.inf
-        sig_b = (np.abs(rep_arr[0]) >= z_cut * se[0]) & enough  # [B, G]
-    closed_b = (np.abs(rep_arr[1]) + z_tost * se[1]) < margin
+        sig_b = (np.abs(rep_arr[0]) >= z_cut(np.abs(est_arr[0]) / se[0], mid_sig) * se[0]) & (
+            enough
+        )
+        open_b = sig_b & ((np.abs(rep_arr[0]) + z_tost * se[0]) >= margin)  # [B, G]
+        eq_b = (margin - np.abs(rep_arr[1])) >= z_cut(z_eq, equivalent) * se[1]
+        shrank_b = -change_reps >= z_cut(-change / se_change, shrank) * se_change
+    closed_b = open_b & eq_b & shrank_b
     pos = {r: i for i, r in enumerate(runs)}
     pair_of_gap = np.asarray([pair_list.index((k[0], k[1])) for k in keys], dtype=np.int64)
     groups = (
@@ -1359,8 +1387,8 @@ def gap_change(
     n_pairs = len(pair_list)
     sig_pair = np.zeros((n_boot, n_pairs))
     closed_pair = np.zeros((n_boot, n_pairs))
-    np.add.at(sig_pair.T, pair_of_gap, sig_b.T.astype(np.float64))
-    np.add.at(closed_pair.T, pair_of_gap, (sig_b & closed_b).T.astype(np.float64))
+    np.add.at(sig_pair.T, pair_of_gap, open_b.T.astype(np.float64))
+    np.add.at(closed_pair.T, pair_of_gap, closed_b.T.astype(np.float64))
     idx = [(pos[a], pos[b]) for a, b in pair_list]
     with np.errstate(invalid="ignore", divide="ignore"):
         frac_b = pair_replicate_mean(closed_pair, idx, counts_b) / pair_replicate_mean(
@@ -1378,6 +1406,7 @@ def gap_change(
     summary = {
         "n_tests": int(enough.sum()),
         "n_significant_mid": n,
+        "n_within_margin_mid": int((mid_sig & ~is_open).sum()),
         **{f"n_{s}": int(counts_status.get(s, 0)) for s in _STATUSES},
         "n_significant_final": int(sig[1].sum()),
         "fraction_closed": frac,

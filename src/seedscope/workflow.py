@@ -615,8 +615,8 @@ def convergence_stage(suite: dict[str, Any], convergence: dict[str, Any]):
             )
     heads["n_gaps_mid"] = headline(
         summary["n_significant_mid"],
-        f"seed capability gaps (pairs of one size) significant at mid-training (BH, FDR "
-        f"{cfg.alpha})",
+        f"seed capability gaps (pairs of one size) open at mid-training: significant (BH, FDR "
+        f"{cfg.alpha}) and not within +-{cfg.margin} nats",
     )
     for status in ("closed", "shrank", "persisted", "grew"):
         heads[f"n_gaps_{status}"] = headline(
@@ -624,15 +624,15 @@ def convergence_stage(suite: dict[str, Any], convergence: dict[str, Any]):
         )
     heads["fraction_gaps_closed"] = headline(
         summary["fraction_closed"],
-        f"fraction of mid-training seed gaps closed by the end (final gap within "
-        f"+-{cfg.margin} nats; {level} CI over seeds and windows)",
+        f"fraction of open mid-training seed gaps closed by the end (shrank, and final gap "
+        f"within +-{cfg.margin} nats; {level} CI over seeds and windows)",
         (summary["fraction_closed_low"], summary["fraction_closed_high"]),
     )
     if size_summary is not None:
         heads["n_size_gaps_mid"] = headline(
             size_summary["n_significant_mid"],
-            f"size capability gaps (pairs of different sizes) significant at mid-training "
-            f"(BH, FDR {cfg.alpha})",
+            f"size capability gaps (pairs of different sizes) open at mid-training: "
+            f"significant (BH, FDR {cfg.alpha}) and not within +-{cfg.margin} nats",
         )
         heads["fraction_size_gaps_closed"] = headline(
             size_summary["fraction_closed"],
@@ -708,8 +708,17 @@ def convergence_sentence(
         f"{summary['n_tests']} {what} gaps tested at step {mid_step}, Benjamini-Hochberg at "
         f"FDR {alpha:g}"
     )
+    within = int(summary.get("n_within_margin_mid", 0))
+    small = (
+        f"; {within} more were significant but already within ±{margin:g} nats, so not open"
+        if within
+        else ""
+    )
     if n == 0:
-        return f"No {what} capability gap was significant ({tests}), so there was nothing to close."
+        return (
+            f"No {what} capability gap was open at step {mid_step} (significant and not within "
+            f"±{margin:g} nats; {tests}{small}), so there was nothing to close."
+        )
     frac = summary["fraction_closed"]
     counts = ", ".join(
         f"{int(summary[f'n_{s}'])} {s}" for s in ("closed", "shrank", "persisted", "grew")
@@ -721,10 +730,12 @@ def convergence_sentence(
             f"{summary['fraction_closed_low']:.0%}–{summary['fraction_closed_high']:.0%})"
         )
     return (
-        f"Of {n} {what} capability gaps significant at step {mid_step} ({tests}), by step "
-        f"{final_step}: {counts}{ci}. Closed means the final gap's {1 - 2 * alpha:.0%} CI lies "
-        f"within ±{margin:g} nats of mean log-prob (equivalence), not merely that it stopped "
-        "being significant; shrank / grew = the CI of |final gap| − |mid gap| excludes 0."
+        f"Of {n} {what} capability gaps open at step {mid_step} (significant and not within "
+        f"±{margin:g} nats; {tests}{small}), by step {final_step}: {counts}{ci}. Closed means "
+        f"the gap shrank and the final gap is equivalent to none within ±{margin:g} nats of "
+        "mean log-prob (TOST), not merely that it stopped being significant; shrank / grew = "
+        "the change |final gap| − |mid gap| is significantly below / above 0 (both with "
+        f"Benjamini-Hochberg at FDR {alpha:g} over the open gaps)."
     )
 
 
