@@ -1171,10 +1171,10 @@ def behaviours_stage(suite: dict[str, Any], behaviours: dict[str, Any]):
             "probes_dropped_longer_than_context": dropped,
             "score_threshold": cfg.score_threshold,
             "headline_scoring": cfg.scoring,
-            "emergence": emergence.to_dict("records"),
-            "emergence_summary": spread.to_dict("records"),
-            "final_scores": final.to_dict("records"),
-            "mid_vs_final": mid_final.to_dict("records"),
+            "emergence": bh.json_records(emergence),
+            "emergence_summary": bh.json_records(spread),
+            "final_scores": bh.json_records(final),
+            "mid_vs_final": bh.json_records(mid_final),
         },
         provenance=stage_provenance("behaviours", resolved, steps, cfg),
     )
@@ -1518,12 +1518,13 @@ def training_curve(resolved: ResolvedSuite, run: str, steps: list[int]):
     (`induction.centred_training_loss`: a local linear fit centred on each step): the
     curve whose non-convex bump Olsson et al. relate to the induction phase change.
     Returns (steps, loss)."""
+    import numpy as np
+
     from seedscope import induction as ind
 
-    run_obj = resolved.suite.run(run)
-    log = pd.read_parquet(
-        results_dir() / "train" / f"{run_obj.repo_id.replace('/', '--')}.loss.parquet"
-    )
+    log = training_log(resolved, run)
+    if log is None:  # a hub suite that publishes no training log (e.g. Pythia)
+        return np.asarray([], dtype=int), np.asarray([], dtype=float)
     at = [s for s in steps if s >= 1]
     return ind.centred_training_loss(log["step"].to_numpy(), log["loss"].to_numpy(), at)
 
@@ -1633,7 +1634,8 @@ def induction_stage(suite: dict[str, Any], induction: dict[str, Any]):
             min_amplitude=cfg.icl_min_amplitude, min_r2=cfg.phase_min_r2, return_boot=True,
         )  # fmt: skip
         curve_steps, loss = training_curve(resolved, run, steps)
-        bump = ind.training_loss_bump(curve_steps, loss)
+        has_log = len(curve_steps) >= 5  # the bump needs a logged loss at >= 5 checkpoints
+        bump = ind.training_loss_bump(curve_steps, loss) if has_log else None
         final = curves[(curves["run"] == run) & (curves["step"] == steps[-1])].iloc[0]
         formed = bool(
             final["induction"] >= cfg.formed_score
@@ -1669,6 +1671,7 @@ def induction_stage(suite: dict[str, Any], induction: dict[str, Any]):
                 "icl_detected": icl_jump.detected,
                 "icl_no_jump_reason": icl_jump.reason,
                 "bump_step": bump_step,
+                "training_log": has_log,
                 "bump_start": bump["start"] if bump else np.nan,
                 "bump_end": bump["end"] if bump else np.nan,
                 "formed": formed,
@@ -1886,9 +1889,19 @@ def coincidence_sentence(changes: pd.DataFrame, coincidence: dict[str, Any] | No
     more than in mismatched seeds of the same size? Read from the computed tests."""
     import numpy as np
 
+    no_log = changes[~changes["training_log"]]["run"].tolist() if "training_log" in changes else []
+    missing = (
+        f" The suite provides no training log for {', '.join(no_log)} (no trainer_state.json "
+        "log_history with its checkpoints), so the training-loss bump is not estimated there."
+        if no_log
+        else ""
+    )
     formed = changes[changes["formed"] & changes["jump_detected"]]
     if formed.empty:
-        return "No run formed an induction head through a detected jump, so there is no jump to compare."
+        return (
+            "No run formed an induction head through a detected jump, so there is no jump "
+            "to compare." + missing
+        )
     parts = []
     for other, name in (("icl", "ICL-score jump"), ("bump", "training-loss bump")):
         res = (coincidence or {}).get(other)
@@ -1902,7 +1915,7 @@ def coincidence_sentence(changes: pd.DataFrame, coincidence: dict[str, Any] | No
             f"mismatched seeds of the same size (permutation p = {res['p_value']:.2g}; "
             f"within-size correlation r = {res['r']:.2f})."
         )
-    return " ".join(parts)
+    return " ".join(parts) + missing
 
 
 # ----------------------------------------------------------------------------- report
