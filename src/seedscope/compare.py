@@ -903,15 +903,16 @@ def seed_agreement(
     size, as many runs as the size has, with replacement; the group's statistic is the mean
     over the pairs of distinct drawn runs (`stats.pair_replicate_mean`), so "within minus
     across" has its CI from the same draws. With few seeds the percentile CI under-covers:
-    every row also carries the range of its pair values and a t-interval over per-run means
-    (`t_low`, `t_high`; NaN with < 3 runs). Spearman uses ranks taken once on all tokens.
+    every row also carries the range of its pair values and a t-interval from the
+    leave-one-seed-out jackknife (`t_low`, `t_high`: the statistic recomputed without each
+    run, jackknife SE x t(n - 1); NaN with < 3 runs). Pairs share runs, so a t-interval over
+    per-run means would be too narrow. Spearman uses ranks taken once on all tokens.
     Columns: group, method, value, ci_low, ci_high, t_low, t_high, pair_min, pair_max,
     n_runs, n_pairs, n_tokens, n_boot.
     """
     import scipy.stats
 
     from seedscope.stats import pair_replicate_mean, pearson_statistic, resample_runs_within
-    from seedscope.stats import t_interval as t_ci
 
     shape = check_logprobs(logprobs)
     runs = list(logprobs)
@@ -951,8 +952,7 @@ def seed_agreement(
             group_reps[name] = pair_replicate_mean(reps[:, cols], idx, counts)
             group_est[name] = float(np.mean(est[cols]))
             members = sorted({r for p in pairs for r in p}, key=pos.get)
-            per_run = [np.mean([est[index[p]] for p in pairs if r in p]) for r in members]
-            _, t_low, t_high = t_ci(per_run, ci) if len(members) >= 3 else (0, np.nan, np.nan)
+            t_low, t_high = _seed_jackknife(est, index, [pairs], members, ci)
             rows.append(
                 _agreement_row(
                     name,
@@ -978,8 +978,7 @@ def seed_agreement(
         pooled_est = float(np.mean(est[pooled_cols]))
         if len(within) > 1:
             members = sorted({r for p in pooled_pairs for r in p}, key=pos.get)
-            per_run = [np.mean([est[index[p]] for p in pooled_pairs if r in p]) for r in members]
-            _, t_low, t_high = t_ci(per_run, ci) if len(members) >= 3 else (0, np.nan, np.nan)
+            t_low, t_high = _seed_jackknife(est, index, [pooled_pairs], members, ci)
             rows.append(
                 _agreement_row(
                     "within sizes",
@@ -1004,7 +1003,7 @@ def seed_agreement(
                 a = [est[index[p]] for p in across if r in p]
                 if w and a:
                     per_run.append(np.mean(w) - np.mean(a))
-            _, t_low, t_high = t_ci(per_run, ci) if len(per_run) >= 3 else (0, np.nan, np.nan)
+            t_low, t_high = _seed_jackknife(est, index, [pooled_pairs, across], runs, ci)
             rows.append(
                 _agreement_row(
                     "within minus across",
@@ -1022,6 +1021,37 @@ def seed_agreement(
                 )
             )
     return pd.DataFrame(rows)
+
+
+def _seed_jackknife(
+    est: np.ndarray,
+    index: Mapping[tuple[str, str], int],
+    pair_sets: Sequence[Sequence[tuple[str, str]]],
+    members: Sequence[str],
+    ci: float,
+) -> tuple[float, float]:
+    """t-interval of a mean pair statistic (of one pair set, or the first minus the second)
+    from the leave-one-seed-out jackknife over `members`: SE x t(n - 1). NaN bounds with fewer
+    than 3 members or when dropping a run leaves a set without pairs."""
+    import scipy.stats
+
+    def stat(drop: str | None) -> float:
+        means = []
+        for pairs in pair_sets:
+            vals = [est[index[p]] for p in pairs if drop not in p]
+            if not vals:
+                return np.nan
+            means.append(float(np.mean(vals)))
+        return means[0] - means[1] if len(means) == 2 else means[0]
+
+    n = len(members)
+    loo = np.asarray([stat(r) for r in members]) if n >= 3 else np.full(1, np.nan)
+    if not np.isfinite(loo).all():
+        return np.nan, np.nan
+    se = float(np.sqrt((n - 1) / n * ((loo - loo.mean()) ** 2).sum()))
+    half = float(scipy.stats.t.ppf(0.5 + ci / 2, n - 1)) * se
+    full = stat(None)
+    return full - half, full + half
 
 
 def _agreement_row(

@@ -358,7 +358,7 @@ def agreement_sentence(seed_agreement: pd.DataFrame, ci: float = 0.95) -> str:
             f"{int(row['n_runs'])} runs, pair range {row['pair_min']:.3f}–{row['pair_max']:.3f}"
         )
         if row["t_low"] == row["t_low"]:  # not NaN
-            text += f", t-interval over runs {row['t_low']:.3f}–{row['t_high']:.3f}"
+            text += f", leave-one-seed-out t-interval {row['t_low']:.3f}–{row['t_high']:.3f}"
         parts.append(text + ")")
     sentence = "; ".join(parts) + "."
     if "within minus across" in rows.index:
@@ -383,7 +383,8 @@ def agreement_sentence(seed_agreement: pd.DataFrame, ci: float = 0.95) -> str:
     elif n_max <= 5:
         sentence += (
             f" With at most {n_max} seeds per size, a percentile bootstrap over seeds "
-            "under-covers: read the t-interval and the range beside it."
+            "under-covers: read the leave-one-seed-out (jackknife) t-interval and the range "
+            "beside it."
         )
     return sentence
 
