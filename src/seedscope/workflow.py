@@ -344,7 +344,8 @@ def agreement_analysis(
 
 def agreement_sentence(seed_agreement: pd.DataFrame, ci: float = 0.95) -> str:
     """The agreement finding in words, from `compare.seed_agreement` (Pearson rows): each
-    group's mean r with its Multi-Bootstrap CI, the t-interval and range where seeds are few,
+    group's mean r with its Multi-Bootstrap CI, the jackknife t-interval and range where seeds
+    are few,
     and whether within-size agreement differs from across-size agreement."""
     rows = seed_agreement[seed_agreement["method"] == "pearson"].set_index("group")
     level = f"{ci:.0%}"
