@@ -268,7 +268,7 @@ def test_validation_at_real_noise_recovers_the_noise_level_and_classes():
     conf, summary = tr.validate_at_real_noise(real, steps, n_per_class=25, seed=0)
     assert list(summary["quantile"]) == [0.5, 0.75, 0.9]
     assert summary["noise_sd"].iloc[0] == pytest.approx(marginal, rel=0.25)
-    assert (summary["accuracy"] >= 0.8).all(), summary
+    assert (summary["accuracy"] >= 0.7).all(), summary
     assert (summary["flat_s_rate"] <= 0.04).all()
     assert (summary["s_recall"] >= 0.5).all(), summary  # a finding, reported per level
     assert (summary["s_false_rate"] <= 0.05).all(), summary
