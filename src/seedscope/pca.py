@@ -531,17 +531,26 @@ def _eig(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def permute_within_rows(
-    values: np.ndarray, groups: Sequence[Sequence[int]], rng: np.random.Generator
+    values: np.ndarray,
+    groups: Sequence[Sequence[int]],
+    rng: np.random.Generator,
+    blocks: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Shuffle each row's values among the columns of each group (runs exchangeable per
-    token): keeps every token's spread and any structure shared by all runs of a group,
-    destroys any consistent split of the runs."""
+    """Shuffle each row's values among the columns of each group (runs exchangeable): keeps
+    every token's spread and any structure shared by all runs of a group, destroys any
+    consistent split of the runs. With `blocks` (a block id per row, e.g. the eval window),
+    every row of a block gets the same permutation: tokens of one window share a seed x
+    window offset, which a per-token shuffle would destroy and then read as structure."""
     out = np.array(values, dtype=np.float64, copy=True)
+    codes = None if blocks is None else np.unique(np.asarray(blocks), return_inverse=True)[1]
     for group in groups:
         cols = np.asarray(group, dtype=np.int64)
         if cols.size < 2:
             continue
-        order = np.argsort(rng.random((out.shape[0], cols.size)), axis=1)
+        if codes is None:
+            order = np.argsort(rng.random((out.shape[0], cols.size)), axis=1)
+        else:
+            order = np.argsort(rng.random((int(codes.max()) + 1, cols.size)), axis=1)[codes]
         out[:, cols] = np.take_along_axis(out[:, cols], order, axis=1)
     return out
 
@@ -553,6 +562,7 @@ def parallel_analysis(
     seed: int = 0,
     alpha: float = 0.05,
     max_tokens: int = 100_000,
+    blocks: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Which components have more variance than under a permutation null (Horn's parallel
     analysis)?
@@ -560,7 +570,8 @@ def parallel_analysis(
     values: `[n_tokens, n_columns]`. Null: `groups=None` shuffles every column's tokens
     independently (no shared structure at all, the classic test); with `groups` (lists of
     column indices), each token's values are permuted among the columns of each group
-    (`permute_within_rows`: the columns of a group are exchangeable). Component k passes when
+    (`permute_within_rows`: the columns of a group are exchangeable; with `blocks`, one
+    permutation per block of rows, e.g. per eval window). Component k passes when
     its eigenvalue exceeds the k-th eigenvalue of the null data with p = (1 + #null >= real) /
     (n_permutations + 1) <= alpha. At most `max_tokens` rows (seeded subsample) are used.
     Columns: component, eigenvalue, null_max, p_value, passes.
@@ -568,14 +579,16 @@ def parallel_analysis(
     rng = np.random.default_rng(seed)
     x = np.asarray(values, dtype=np.float64)
     if x.shape[0] > max_tokens:
-        x = x[np.sort(rng.choice(x.shape[0], max_tokens, replace=False))]
+        rows = np.sort(rng.choice(x.shape[0], max_tokens, replace=False))
+        x = x[rows]
+        blocks = None if blocks is None else np.asarray(blocks)[rows]
     real, _ = _eig(x)
     null = np.empty((n_permutations, real.size))
     for i in range(n_permutations):
         if groups is None:
             perm = np.column_stack([rng.permutation(x[:, j]) for j in range(x.shape[1])])
         else:
-            perm = permute_within_rows(x, groups, rng)
+            perm = permute_within_rows(x, groups, rng, blocks)
         null[i] = _eig(perm)[0]
     # A tolerance on ties: identical data (all-zero residuals) must not "beat" its own null.
     tol = 1e-9 * max(float(real.max()), 1e-300)
@@ -682,12 +695,14 @@ def seed_components(
     sd of its scores (nats), parallel-analysis p-value, and `described` = passes the
     permutation null AND sd >= `min_sd` nats. With `test_first_separately` (the raw view),
     PC1 is tested against column shuffling (is there shared difficulty at all?) and later
-    components against `groups` (runs exchangeable per token). Columns: component,
+    components against `groups` (runs exchangeable, permuted once per eval window: tokens of
+    a window share a seed x window offset). Columns: component,
     eigenvalue, ratio, sd, p_value, described. A zero-variance matrix describes nothing.
     """
     real, _ = _eig(matrix.values)
     total = float(real.sum())
-    test = parallel_analysis(matrix.values, groups, n_permutations, seed, alpha)
+    windows = matrix.token_index // matrix.window_len
+    test = parallel_analysis(matrix.values, groups, n_permutations, seed, alpha, blocks=windows)
     if test_first_separately:
         first = parallel_analysis(matrix.values, None, n_permutations, seed + 1, alpha)
         test.loc[0, ["p_value", "passes"]] = first.loc[0, ["p_value", "passes"]]
