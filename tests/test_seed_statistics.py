@@ -102,8 +102,22 @@ def test_seed_divergent_tokens_follow_seed_not_size_effects():
     old_mask = compare.top_fraction_mask(old, 0.02)
     assert (tag[old_mask] == "x").mean() > 0.9
     # Size differences are their own, named quantity: they find x.
-    size_mask = compare.top_fraction_mask(compare.size_difference(logprobs, sizes), 0.02)
+    size_mask = compare.top_fraction_mask(compare.size_divergence(logprobs, sizes), 0.02)
     assert (tag[size_mask] == "x").mean() > 0.9
+
+
+def test_seed_noise_does_not_pose_as_size_divergence():
+    """Null for sizes: no size effect, seed noise 4x larger on category y (10% of tokens).
+    Ranked by the raw difference between sizes, all top tokens were y; ranked by the Welch t
+    they are y about as often as y is common."""
+    rng = np.random.default_rng(3)
+    meta = _meta(rng)
+    tag = meta["tag"].to_numpy().reshape(N_W, W)
+    logprobs, sizes = _suite(rng, n_per_size=5, seed_extra=np.where(tag == "y", 3.0, 0.0))
+    mask = compare.top_fraction_mask(compare.size_divergence(logprobs, sizes), 0.01)
+    assert mask.sum() > 100 and (tag[mask] == "y").mean() < 0.2
+    raw = compare.top_fraction_mask(compare.size_difference(logprobs, sizes), 0.01)
+    assert (tag[raw] == "y").mean() > 0.9
 
 
 def test_identical_twins_have_no_seed_divergence():
@@ -121,6 +135,7 @@ def test_identical_twins_have_no_seed_divergence():
     assert table.empty and compare.enrichment_headline(table, 10) is None
     # ... while the sizes still differ.
     assert np.nanmax(compare.size_difference(logprobs, sizes)) > 0
+    assert compare.top_fraction_mask(compare.size_divergence(logprobs, sizes), 0.01).any()
 
 
 # --------------------------------------------------------------------------- 2. gaps

@@ -864,6 +864,32 @@ def size_difference(logprobs: Mapping[str, np.ndarray], sizes: Mapping[str, str]
     return out
 
 
+def size_divergence(
+    logprobs: Mapping[str, np.ndarray], sizes: Mapping[str, str], min_se: float = 1e-6
+) -> np.ndarray:
+    """Per-token size divergence scaled by seed noise, `[n_windows, window]`: the largest
+    Welch |t| over pairs of sizes, |mean_a - mean_b| / sqrt(var_a / n_a + var_b / n_b) with
+    the variances between seeds of each size. Ranking by the raw difference (`size_difference`)
+    lets seed noise pose as size: E[d^2] = delta^2 + sigma^2 (1/n_a + 1/n_b), so tokens with
+    noisy seeds top the list with no size effect at all. The SE is floored at `min_se` nats
+    (a size with one run, or identical twins, has no seed variance: the rank is then that of
+    the difference). 0 with one size."""
+    check_logprobs(logprobs)
+    groups = size_groups(list(logprobs), sizes)
+    stats = []
+    for g in groups.values():
+        x = np.stack([np.asarray(logprobs[r], dtype=np.float64) for r in g])
+        var = x.var(axis=0, ddof=1) if len(g) > 1 else np.zeros(x.shape[1:])
+        stats.append((x.mean(axis=0), var / len(g)))
+    out = np.zeros(np.shape(next(iter(logprobs.values()))), dtype=np.float64)
+    for (m_a, v_a), (m_b, v_b) in itertools.combinations(stats, 2):
+        with np.errstate(invalid="ignore"):
+            t = np.abs(m_a - m_b) / np.maximum(np.sqrt(v_a + v_b), min_se)
+        out = np.fmax(out, t)
+    out[~common_valid(logprobs)] = np.nan
+    return out
+
+
 def top_fraction_mask(score: np.ndarray, fraction: float, floor: float = 0.0) -> np.ndarray:
     """Bool mask of the `fraction` of finite tokens with the largest score, keeping only
     scores above `floor`: when no token differs by more than `floor`, no token is selected

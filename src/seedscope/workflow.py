@@ -269,11 +269,12 @@ def agreement_analysis(
     result["enrichment_headline"] = compare.enrichment_headline(
         enrich, cfg.enrichment_min_tokens, cfg.alpha
     )
-    # Size-divergent tokens: the same selection on the difference between sizes.
+    # Size-divergent tokens: ranked by the difference between sizes over its seed noise
+    # (Welch t; the raw difference would rank noisy tokens first), at least the floor in nats.
     if len(set(sizes.values())) > 1:
         size_mask = compare.top_fraction_mask(
-            compare.size_difference(logprobs, sizes), cfg.outlier_fraction, cfg.divergence_floor
-        )
+            compare.size_divergence(logprobs, sizes), cfg.outlier_fraction
+        ) & (compare.size_difference(logprobs, sizes) > cfg.divergence_floor)
         size_enrich = compare.enrichment_bootstrap(
             size_mask, meta, columns, strata, window_len, cfg.n_boot, cfg.seed, 1 - cfg.alpha
         )
@@ -345,8 +346,7 @@ def agreement_analysis(
 def agreement_sentence(seed_agreement: pd.DataFrame, ci: float = 0.95) -> str:
     """The agreement finding in words, from `compare.seed_agreement` (Pearson rows): each
     group's mean r with its Multi-Bootstrap CI, the jackknife t-interval and range where seeds
-    are few,
-    and whether within-size agreement differs from across-size agreement."""
+    are few, and whether within-size agreement differs from across-size agreement."""
     rows = seed_agreement[seed_agreement["method"] == "pearson"].set_index("group")
     level = f"{ci:.0%}"
     parts = []
