@@ -1292,13 +1292,6 @@ def final_scores(
     return table, summary
 
 
-def json_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """Rows as JSON-safe dicts: NaN / inf (a step never reached, a spread of one run) -> None,
-    so the metrics files never hold NaN."""
-    clean = frame.replace([np.inf, -np.inf], np.nan).astype(object)
-    return clean.where(clean.notna(), None).to_dict("records")
-
-
 def _nearest_step(steps: np.ndarray, target: int) -> int:
     return int(steps[np.argmin(np.abs(steps - target))])
 
