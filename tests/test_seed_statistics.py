@@ -433,6 +433,16 @@ def test_seed_by_window_offsets_are_not_components():
     assert described == [0, 0]
 
 
+def test_seed_variance_share_recovers_the_planted_share():
+    """Planted: shared difficulty (variance 1) + seed noise (variance 0.25) in 2 sizes x 3
+    seeds: the seed share of variance is 0.25 / 1.25 = 0.2. Centring on the mean of 3 seeds
+    keeps only 2/3 of the seed variance (0.133 before the n/(n-1) correction)."""
+    logprobs, sizes = _suite(np.random.default_rng(14), n_per_size=3, seed_sd=0.5)
+    raw = pca.loss_matrix(logprobs)
+    share = pca.seed_variance_share(raw, pca.loss_matrix_within_size(logprobs, sizes), sizes)
+    assert share == pytest.approx(0.2, abs=0.01)
+
+
 def test_planted_two_vs_three_split_is_recovered_and_described():
     rng = np.random.default_rng(14)
     logprobs, sizes = _exchangeable(rng, 5, split=0.3)

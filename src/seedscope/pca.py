@@ -521,6 +521,22 @@ def loss_matrix_within_size(
     )
 
 
+def seed_variance_share(raw: LossMatrix, seed_view: LossMatrix, sizes: Mapping[str, str]) -> float:
+    """Share of per-token loss variance that lies between seeds of one size: per run of the
+    seed view, the variance of its within-size-centred losses times n_s / (n_s - 1) (centring
+    on the mean of n_s seeds removes 1/n_s of the seed variance), summed, over the raw
+    variance of the same runs. 0 when the raw losses do not vary."""
+    n_per: dict[str, int] = {}
+    for run in seed_view.runs:
+        n_per[sizes[run]] = n_per.get(sizes[run], 0) + 1
+    scale = np.asarray([n_per[sizes[r]] / (n_per[sizes[r]] - 1) for r in seed_view.runs])
+    seed_var = np.var(seed_view.values.astype(np.float64), axis=0, ddof=1) * scale
+    cols = [raw.labels.index(label) for label in seed_view.labels]
+    raw_var = np.var(raw.values[:, cols].astype(np.float64), axis=0, ddof=1)
+    total = float(raw_var.sum())
+    return float(seed_var.sum()) / total if total > 0 else 0.0
+
+
 def _eig(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Eigenvalues (descending, >= 0) and eigenvectors (columns) of the column covariance."""
     x = np.asarray(values, dtype=np.float64)

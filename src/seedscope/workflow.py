@@ -781,6 +781,7 @@ def loss_pca_stage(suite: dict[str, Any], loss_pca: dict[str, Any]):
     raw_tests = pca.seed_components(
         matrix, [list(range(len(runs)))], test_first_separately=True, **test_args
     )
+    raw_tests["described"] = raw_tests["described"].cumprod().astype(bool)  # leading ones
     predictors = pca.score_predictors(result, meta, meta_columns(meta), n_components=min(3, k))
     described_raw = pca.describe_components(result, predictors, min(3, k), sizes, labels)
     descriptions = [
@@ -815,8 +816,6 @@ def loss_pca_stage(suite: dict[str, Any], loss_pca: dict[str, Any]):
     )
     write_parquet(out / "seed_component_tests.parquet", seed_tests)
     write_parquet(out / "seed_stability.parquet", stability)
-    raw_total = float(np.var(matrix.values.astype(np.float64), axis=0, ddof=1).sum())
-    seed_total = float(seed_tests["eigenvalue"].sum())
     # The variant: tokens x (runs x checkpoints), mid and final, tested like the raw view.
     mid = load_logprobs(root, runs, resolved.mid_step)
     matrix_ckpt = pca.loss_matrix_checkpoints({resolved.mid_step: mid, resolved.final_step: final})
@@ -829,6 +828,7 @@ def loss_pca_stage(suite: dict[str, Any], loss_pca: dict[str, Any]):
         test_first_separately=True,
         **test_args,
     )
+    ckpt_tests["described"] = ckpt_tests["described"].cumprod().astype(bool)
     descriptions_ckpt = [
         line
         if ckpt_tests.loc[c, "described"]
@@ -902,8 +902,9 @@ def loss_pca_stage(suite: dict[str, Any], loss_pca: dict[str, Any]):
             (row["ci_low"], row["ci_high"]),
         )
     heads["seed_variance_share"] = headline(
-        seed_total / raw_total if raw_total > 0 else 0.0,
-        "share of per-token loss variance between seeds of one size (within-size centred)",
+        pca.seed_variance_share(matrix, seed_matrix, sizes),
+        "share of per-token loss variance between seeds of one size (within-size centred, "
+        "times n/(n-1) for the n seeds of a size)",
     )
     heads["n_seed_components"] = headline(
         n_seed,
