@@ -91,8 +91,8 @@ def test_no_seed_divergent_tokens_outliers_or_gaps(twin_results):
     assert corr["n_seed_divergent_tokens"]["value"] == 0
     assert "top_enriched_odds_ratio" not in corr
     assert res["enrichment"].empty and len(res["outliers"]) == 0 and len(res["odd_one_out"]) == 0
-    assert corr["significant_gap_fraction"]["value"] == 0
-    assert corr["significant_size_gap_fraction"]["value"] > 0
+    assert corr["material_gap_fraction"]["value"] == 0
+    assert corr["material_size_gap_fraction"]["value"] > 0
     assert res["n_size_divergent"] > 0 and not res["size_enrichment"].empty
     assert twin_results["selection"]["divergent"].sum() == 0
 

@@ -266,6 +266,20 @@ def test_fraction_closed_ci_resamples_seeds():
 # --------------------------------------------------------------------------- 3. seed CIs
 
 
+def test_tiny_gaps_in_big_categories_are_significant_but_not_material():
+    """Planted: the same gap of 0.01 nats (below the 0.02 margin) in a category of 80% of
+    tokens and 0.3 nats in one of 10%: both significant, only the second material."""
+    rng = np.random.default_rng(15)
+    meta = _meta(rng)
+    mid, _ = _gap_suite(rng, {"z": 0.01, "x": 0.3}, {}, meta)
+    gaps = compare.capability_gaps(mid, meta, ["tag"], n_boot=200)
+    rows = gaps.set_index("category")
+    assert rows.loc["z", "significant"] and rows.loc["x", "significant"]
+    assert gaps["significant"].mean() == pytest.approx(2 / 3)
+    assert compare.material_gap_fraction(gaps, 0.02) == pytest.approx(1 / 3)
+    assert compare.material_gap_fraction(gaps.iloc[:0], 0.02) == 0.0
+
+
 def test_seed_agreement_ci_covers_seed_sampling():
     """One seed per size is much noisier: the Multi-Bootstrap CI (seeds x windows) must be
     far wider than the window-only CI of the same mean."""
@@ -497,6 +511,7 @@ def test_seed_split_shared_across_sizes_is_named_by_seed():
         ("loss_correlation", {"divergence_floor": -1}, "divergence_floor must be in"),
         ("loss_correlation", {"enrichment_min_tokens": 0}, "enrichment_min_tokens must be"),
         ("convergence", {"margin": 0}, "convergence.margin must be in"),
+        ("loss_correlation", {"margin": 1.5}, "loss_correlation.margin must be in"),
         ("convergence", {"alpha": 0}, "convergence.alpha must be in"),
         ("loss_pca", {"n_permutations": 9}, "cannot reach p <= alpha"),
         ("loss_pca", {"min_component_sd": 0}, "min_component_sd must be positive"),

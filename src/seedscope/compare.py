@@ -592,6 +592,16 @@ def capability_gaps(
 _GAP_KEY = ["run_a", "run_b", "feature", "category"]
 
 
+def material_gap_fraction(gaps: pd.DataFrame, margin: float) -> float:
+    """Fraction of the gaps of `capability_gaps` that are material: significant AND with a
+    CI entirely outside +-`margin` nats. Significance alone measures power (with a million
+    tokens every gap in a big category is significant, however small); 0 with no gaps."""
+    if gaps.empty:
+        return 0.0
+    outside = (gaps["gap_low"] > margin) | (gaps["gap_high"] < -margin)
+    return float((gaps["significant"].astype(bool) & outside).mean())
+
+
 def gap_convergence(
     gaps_mid: pd.DataFrame, gaps_final: pd.DataFrame, ci: float = 0.95
 ) -> tuple[pd.DataFrame, dict[str, float]]:

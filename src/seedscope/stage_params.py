@@ -50,6 +50,9 @@ class LossCorrelationParams:
     enrichment_min_tokens: int = 1000
     # difficulty strata (quantiles of mean loss) of the Mantel-Haenszel odds ratio
     n_strata: int = 10
+    # nats: a gap counts as material when its CI lies entirely outside +-margin; a mid gap
+    # "closes" when its final (1 - 2 alpha) CI lies inside +-margin
+    margin: float = 0.02
 
     def __post_init__(self) -> None:
         section = self._section()
@@ -76,6 +79,11 @@ class LossCorrelationParams:
                 f"{section}.divergence_floor must be in [0, 10) nats, got {self.divergence_floor}.",
                 "use e.g. 0.01 (differences below it count as none).",
             )
+        if not 0 < self.margin < 1:
+            raise SeedscopeError(
+                f"{section}.margin must be in (0, 1) nats, got {self.margin}.",
+                "use e.g. 0.02 (a gap within +-0.02 nats of mean log-prob counts as none).",
+            )
 
     def _section(self) -> str:
         return "loss_correlation"
@@ -84,17 +92,6 @@ class LossCorrelationParams:
 @dataclass(frozen=True)
 class ConvergenceParams(LossCorrelationParams):
     """Analysis 2: the agreement analysis at mid-training; gaps closed or persisting."""
-
-    # nats: a gap is "closed" when its final (1 - 2 alpha) CI lies inside +-margin
-    margin: float = 0.02
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0 < self.margin < 1:
-            raise SeedscopeError(
-                f"convergence.margin must be in (0, 1) nats, got {self.margin}.",
-                "use e.g. 0.02 (a gap within +-0.02 nats of mean log-prob counts as none).",
-            )
 
     def _section(self) -> str:
         return "convergence"

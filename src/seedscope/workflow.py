@@ -423,6 +423,7 @@ def enrichment_sentence(res: dict[str, Any], cfg: Any) -> str:
 
 def loss_correlation_stage(suite: dict[str, Any], loss_correlation: dict[str, Any]):
     """Stage `loss_correlation` (analysis 1) on the final checkpoint."""
+    from seedscope import compare
     from seedscope.metrics import headline, write_metrics
 
     resolved = resolve_suite(suite)
@@ -456,16 +457,16 @@ def loss_correlation_stage(suite: dict[str, Any], loss_correlation: dict[str, An
             (top["mh_low"], top["mh_high"]),
         )
     gaps = res["gaps"]
-    heads["significant_gap_fraction"] = headline(
-        float(gaps["significant"].mean()) if len(gaps) else 0.0,
-        f"fraction of (within-size pair, category) gaps significant at the final step "
-        f"(BH, FDR {cfg.alpha})",
+    heads["material_gap_fraction"] = headline(
+        compare.material_gap_fraction(gaps, cfg.margin),
+        f"fraction of (within-size pair, category) gaps at the final step that are material: "
+        f"CI ({level}) entirely outside +-{cfg.margin} nats (significance alone measures power)",
     )
     if "size_gaps" in res:
-        heads["significant_size_gap_fraction"] = headline(
-            float(res["size_gaps"]["significant"].mean()),
-            f"fraction of (cross-size pair, category) gaps significant at the final step "
-            f"(BH, FDR {cfg.alpha}): size effects",
+        heads["material_size_gap_fraction"] = headline(
+            compare.material_gap_fraction(res["size_gaps"], cfg.margin),
+            f"fraction of (cross-size pair, category) gaps at the final step that are "
+            f"material: CI ({level}) entirely outside +-{cfg.margin} nats: size effects",
         )
     res["metrics"] = write_metrics(
         "loss_correlation",
