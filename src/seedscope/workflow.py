@@ -265,7 +265,11 @@ def agreement_analysis(
         mask, meta, columns, strata, window_len, cfg.n_boot, cfg.seed, 1 - cfg.alpha
     )
     write_parquet(out / f"enrichment_{suffix}.parquet", enrich)
-    result.update(enrichment=enrich, n_seed_divergent=int(mask.sum()))
+    result.update(
+        enrichment=enrich,
+        n_seed_divergent=int(mask.sum()),
+        n_seed_runs=sum(1 for r in sizes if list(sizes.values()).count(sizes[r]) > 1),
+    )
     result["enrichment_headline"] = compare.enrichment_headline(
         enrich, cfg.enrichment_min_tokens, cfg.alpha
     )
@@ -417,7 +421,9 @@ def enrichment_sentence(res: dict[str, Any], cfg: Any) -> str:
         f"{head['mh_odds_ratio']:.2f} ({level} window-bootstrap CI {head['mh_low']:.2f}–"
         f"{head['mh_high']:.2f}; unstratified {head['odds_ratio']:.2f}, "
         f"{head['ci_low']:.2f}–{head['ci_high']:.2f}; BH-adjusted p = "
-        f"{head['p_adjusted']:.2g})."
+        f"{head['p_adjusted']:.2g}). The CI resamples eval windows with the selection of "
+        f"divergent tokens held fixed: it is conditional on these {res['n_seed_runs']} seeds; "
+        "other seeds would select other tokens."
     )
 
 
