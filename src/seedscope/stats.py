@@ -245,18 +245,25 @@ def multi_bootstrap(
         mean_a = float(np.mean(s_a.sum(1) / c_a.sum(1)))
         mean_b = float(np.mean(s_b.sum(1) / c_b.sum(1)))
 
+    # The same resampling as every seed statistic of analyses 1-3: window weights
+    # (`bootstrap_weights`) and run counts drawn within each group (`resample_runs_within`).
     rng = np.random.default_rng(seed)
-    windows = rng.integers(0, n_windows, size=(n_boot, n_windows))
-    w = _counts(windows, n_windows)
-    pick_a = rng.integers(0, len(group_a), size=(n_boot, len(group_a)))
-    pick_b = pick_a if paired else rng.integers(0, len(group_b), size=(n_boot, len(group_b)))
+    w = bootstrap_weights(n_windows, n_boot, int(rng.integers(2**31)))
+    n_a, n_b = len(group_a), len(group_b)
+    if paired:
+        count_a = resample_runs_within([list(range(n_a))], n_a, n_boot, rng)
+        count_b = count_a
+    else:
+        both = resample_runs_within(
+            [list(range(n_a)), list(range(n_a, n_a + n_b))], n_a + n_b, n_boot, rng
+        )
+        count_a, count_b = both[:, :n_a], both[:, n_a:]
 
     with np.errstate(invalid="ignore", divide="ignore"):
         run_means_a = (w @ s_a.T) / (w @ c_a.T)  # [n_boot, runs_a]
         run_means_b = (w @ s_b.T) / (w @ c_b.T)
-    rows = np.arange(n_boot)[:, None]
-    theta_a = run_means_a[rows, pick_a].mean(axis=1)
-    theta_b = run_means_b[rows, pick_b].mean(axis=1)
+    theta_a = np.where(count_a > 0, run_means_a * count_a, 0.0).sum(axis=1) / n_a
+    theta_b = np.where(count_b > 0, run_means_b * count_b, 0.0).sum(axis=1) / n_b
     diff = theta_a - theta_b
     alpha = (1 - ci) / 2
     low, high = np.nanpercentile(diff, [100 * alpha, 100 * (1 - alpha)])
