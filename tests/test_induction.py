@@ -328,6 +328,31 @@ def test_detect_phase_change_says_no_change_on_flat_noisy_and_trending_curves():
     assert ind.detect_phase_change(steps, small, min_amplitude=0.02) is not None
 
 
+def test_a_jump_at_the_first_or_last_checkpoint_only_is_no_phase_change():
+    # 24 log-spaced checkpoints, 48 sequences of a flat score with noise: a +0.15 jump at
+    # the last checkpoint only, or +0.3 at the first only (an initialisation effect), was
+    # called a phase change 30/30 times before both plateaus had to be observed
+    steps = np.unique(np.round(np.geomspace(1, 20000, 24)).astype(int))
+    x = np.log(steps + 1.0)
+    rng = np.random.default_rng(0)
+    last = first = 0
+    for _ in range(10):
+        v = 0.1 + rng.normal(0, 0.05, (steps.size, 48))
+        v[-1] += 0.15
+        fit = ind.fit_phase_change(steps, v, n_boot=0)
+        last += fit.detected
+        w = 0.1 + rng.normal(0, 0.05, (steps.size, 48))
+        w[0] += 0.3
+        first += ind.detect_phase_change(steps, w, n_boot=0) is not None
+    assert last == 0 and first == 0, (last, first)
+    assert "plateau" in fit.reason
+    # a sharp jump with two checkpoints on each side is still a phase change
+    sharp = 0.1 + 0.3 * (x > (x[2] + x[3]) / 2) + rng.normal(0, 0.05, (48, steps.size))
+    assert ind.detect_phase_change(steps, sharp.T, n_boot=0) is not None
+    late = 0.1 + 0.3 * (x > (x[-3] + x[-2]) / 2) + rng.normal(0, 0.05, (48, steps.size))
+    assert ind.detect_phase_change(steps, late.T, n_boot=0) is not None
+
+
 def test_training_loss_bump_found_where_planted():
     steps = CRFM_LIKE
     x = np.log(steps + 1.0)

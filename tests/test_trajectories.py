@@ -323,3 +323,120 @@ def test_figures():
     fig2 = tr.plot_transition_steps(df)
     assert fig2.axes[0].get_xlabel() == "transition step (log scale)"
     assert fig2.axes[0].get_title()
+
+
+def test_paired_bootstrap_uses_the_matching():
+    # matched pairs share their S verdict except 10 of 100 (divergent S, match not): the
+    # paired difference is 0.1 with per-pair variance 0.09 -> CI half 1.96 * 0.03 = 0.059;
+    # drawing the two sets independently ignores the pairing: half 1.96 * sqrt(2 * 0.25 /
+    # 100) ~ 0.14, so an unpaired CI would include 0 and a paired one does not
+    rng = np.random.default_rng(4)
+    s = rng.random(100) < 0.45
+    s_div = s.copy()
+    s_div[np.flatnonzero(~s)[:10]] = True
+
+    def frame(flags):
+        return pd.DataFrame(
+            {
+                "run": np.repeat(list("ab"), len(flags)),
+                "token": np.tile(np.arange(len(flags)), 2),
+                "class": np.where(np.tile(flags, 2), "s_shaped", "smooth"),
+            }
+        )
+
+    paired = tr.s_shaped_fraction_difference(frame(s_div), frame(s), 4000, 0, paired=True)
+    unpaired = tr.s_shaped_fraction_difference(frame(s_div), frame(s), 4000, 0)
+    p, u = paired.iloc[-1], unpaired.iloc[-1]
+    assert p["estimate"] == u["estimate"] == pytest.approx(0.1)
+    assert (p["ci_high"] - p["ci_low"]) / 2 == pytest.approx(1.96 * 0.03, rel=0.2)
+    assert p["ci_low"] > 0 > u["ci_low"]
+    with pytest.raises(SeedscopeError, match="as many"):
+        tr.s_shaped_fraction_difference(frame(s_div), frame(s[:50]), paired=True)
+
+
+def test_a_set_that_wanders_more_keeps_its_own_autocorrelation():
+    # flat curves with AR(1) noise phi 0.8, compared with a calmer reference (rho 0.5):
+    # borrowing the reference's rho calls ~5% of them S-shaped; the larger of the two
+    # (their own) keeps them flat
+    rng = np.random.default_rng(5)
+    steps = STEPS[1:]
+    flat = 3.0 + _ar1(rng, 300, steps.size, 0.8, 0.2)
+    borrowed = tr.classify_trajectories(flat, steps, refine=False, autocorrelation=0.5)
+    assert (borrowed["class"] == "s_shaped").mean() > 0.02  # the problem being fixed
+    own = tr.classify_trajectories(flat, steps, refine=False, min_autocorrelation=0.5)
+    assert own.attrs["autocorrelation"] == own.attrs["own_autocorrelation"] > 0.5
+    assert (own["class"] == "s_shaped").mean() <= 0.01
+    assert (own["class"] == "flat").mean() >= 0.9
+    # a calmer set is raised to the reference's value
+    calm = 3.0 + rng.normal(0, 0.2, (100, steps.size))
+    raised = tr.classify_trajectories(calm, steps, refine=False, min_autocorrelation=0.5)
+    assert raised.attrs["own_autocorrelation"] < 0.2 and raised.attrs["autocorrelation"] == 0.5
+
+
+def test_curve_features_match_on_noise_as_well_as_amplitude():
+    # two pools with the same amplitudes and final losses, one noisy and wandering (AR(1)
+    # phi 0.7, sd 0.4), one calm (iid, sd 0.05); the targets are noisy. Matching on final
+    # loss and drop alone picks calm tokens about half the time; with the noise features,
+    # the noisy ones
+    rng = np.random.default_rng(6)
+    steps = STEPS[1:]
+    u = (np.log(steps + 1.0) - np.log(steps[0] + 1.0)) / np.ptp(np.log(steps + 1.0))
+    n = 60
+    amp, end = rng.uniform(1, 3, n), rng.uniform(1, 4, n)
+    clean = end[:, None] + amp[:, None] * np.exp(-3 * u)[None, :]
+    noisy = np.stack([clean + _ar1(rng, n, steps.size, 0.7, 0.4) for _ in range(3)])
+    calm = np.stack([clean + rng.normal(0, 0.05, (n, steps.size)) for _ in range(3)])
+    target = np.stack([clean[:20] + _ar1(rng, 20, steps.size, 0.7, 0.4) for _ in range(3)])
+    pool = np.concatenate([noisy, calm], axis=1)  # tokens 0-59 noisy, 60-119 calm
+    feats = tr.curve_features(pool, steps, autocorrelation=0.5)
+    assert feats.shape == (2 * n, 4)
+    assert np.median(feats[:n, 2]) > 4 * np.median(feats[n:, 2])  # residual sd
+    assert np.median(feats[:n, 3]) > np.median(feats[n:, 3]) + 0.3  # lag-1 autocorrelation
+    with_noise = tr.match_baseline(tr.curve_features(target, steps, 0.5), feats)
+    assert (with_noise < n).mean() >= 0.9
+    old = tr.match_baseline(tr.curve_features(target), tr.curve_features(pool))
+    assert (old < n).mean() < 0.8  # amplitude-only matching: noise not like-for-like
+
+
+def _shared_s_curves(rng, n_tok, n_runs, sd, shift=0.0):
+    """Tokens with one S-curve each; every run adds AR(1) noise (phi 0.5, innovations
+    `sd`) and moves the midpoint by N(0, shift) (u units; 0 = no seed effect)."""
+    steps = STEPS[1:]
+    u = (np.log(steps + 1.0) - np.log(steps[0] + 1.0)) / np.ptp(np.log(steps + 1.0))
+    amp = rng.uniform(0.4, 3.0, n_tok)
+    m, w = rng.uniform(0.3, 0.7, n_tok), rng.uniform(0.02, 0.05, n_tok)
+    out = []
+    for _ in range(n_runs):
+        mm = m + rng.normal(0, shift, n_tok) if shift else m
+        clean = 2.0 + amp[:, None] * expit(-(u[None, :] - mm[:, None]) / w[:, None])
+        out.append(clean + _ar1(rng, n_tok, steps.size, 0.5, sd))
+    return steps, np.stack(out)
+
+
+def test_seed_spread_null_when_tested_tokens_are_noisier_than_the_validation_set():
+    # null: every run shares each token's S-curve; the tested tokens (noise 0.3) are
+    # noisier than the tokens the classifier was validated on (noise 0.2). A pooled
+    # recovery error from the calmer tokens calls ~15% of these tokens' spread "wider than
+    # the fit" (chi-square); each token's own refits keep the false claims near alpha.
+    rng = np.random.default_rng(0)
+    steps, calm = _shared_s_curves(rng, 60, 1, 0.2)
+    _, summary = tr.validate_at_real_noise(calm[0], steps, n_per_class=40, seed=0)
+    pooled = float(summary.iloc[0]["transition_error_sd_log10"])
+    steps, div = _shared_s_curves(rng, 60, 5, 0.3)
+    classes = tr.classify_trajectories(div, steps)
+    spread = tr.transition_spread(classes)
+    _, old = tr.seed_spread_test(spread, pooled)
+    assert old["fraction_wider"] > 0.1  # the problem being fixed
+    rec = tr.token_recovery_sd(div, steps, classes, classes.attrs["autocorrelation"], seed=0)
+    assert set(rec["token"]) == set(spread.loc[spread["n_s_shaped"] >= 2, "token"])
+    out, new = tr.seed_spread_test(spread, rec)
+    assert new["n_tokens"] >= 25
+    assert new["fraction_wider"] <= 0.05
+    assert out["p_value"].notna().sum() == new["n_tokens"]
+    # planted: the transition moves across seeds (sd 0.08 of the log-step range)
+    steps, moved = _shared_s_curves(rng, 40, 5, 0.3, shift=0.08)
+    c2 = tr.classify_trajectories(moved, steps)
+    r2 = tr.token_recovery_sd(moved, steps, c2, c2.attrs["autocorrelation"], seed=0)
+    _, planted = tr.seed_spread_test(tr.transition_spread(c2), r2)
+    assert planted["fraction_wider"] >= 0.6
+    assert planted["ratio"] > 2

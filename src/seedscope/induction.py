@@ -526,8 +526,9 @@ class PhaseChange:
     log-step axis; ci_low / ci_high: percentile bootstrap CI of the midpoint over
     resampled eval sequences (NaN without per-sequence data or when no jump); lo / hi /
     width: the fitted plateaus and width (log-step units); r2: fit quality; amplitude:
-    |hi - lo|; detected: amplitude >= the minimum, r2 >= the minimum, and the 10-90% rise
-    shorter than `max_width_fraction` of the log-step range; reason: why not, else "".
+    |hi - lo|; detected: amplitude >= the minimum, r2 >= the minimum, the 10-90% rise
+    shorter than `max_width_fraction` of the log-step range, and both plateaus observed
+    (`min_plateau_points` checkpoints beyond 2 widths each side); reason: why not, else "".
     """
 
     step: int
@@ -596,6 +597,7 @@ def fit_phase_change(
     min_r2: float = 0.8,
     max_width_fraction: float = 0.5,
     return_boot: bool = False,
+    min_plateau_points: int = 2,
 ) -> PhaseChange | tuple[PhaseChange, np.ndarray]:
     """Logistic fit of a metric on the `log(step+1)` axis and the verdict: jump or not.
 
@@ -605,6 +607,9 @@ def fit_phase_change(
     A jump needs `|hi - lo| >= min_amplitude` (metric units), `r2 >= min_r2`, and its 10-90%
     rise (`2 ln 9` widths) within `max_width_fraction` of the log-step range: a flat or
     noisy curve fails the first two, a steady trend across the whole schedule the third.
+    Both plateaus must be observed: at least `min_plateau_points` checkpoints at or before
+    `mid - 2 width` and at or after `mid + 2 width` (a jump at the first or last checkpoint
+    only, e.g. the initialisation step or one odd final value, is an edge, not a change).
     `return_boot=True` also returns the bootstrap midpoints (log-steps; empty when no jump).
     """
     steps_a, vals = _phase_inputs(steps, values)
@@ -626,6 +631,12 @@ def fit_phase_change(
         reasons.append(f"fit r2 {r2:.2f} < {min_r2:g}")
     if 2 * dx > max_width_fraction * (x[-1] - x[0]):
         reasons.append(f"rise spans > {max_width_fraction:.0%} of the log-step range")
+    before = int(np.sum(x <= mid - 2 * width))
+    after = int(np.sum(x >= mid + 2 * width))
+    if min(before, after) < min_plateau_points:
+        reasons.append(
+            f"a plateau has < {min_plateau_points} checkpoints ({before} before, {after} after)"
+        )
     detected = not reasons
     ci_low = ci_high = float("nan")
     mids = np.empty(0)
@@ -662,11 +673,20 @@ def detect_phase_change(
     min_amplitude: float = 0.1,
     min_r2: float = 0.8,
     max_width_fraction: float = 0.5,
+    min_plateau_points: int = 2,
 ) -> PhaseChange | None:
     """The jump of a metric over training, or None when there is none (see
     `fit_phase_change` for the fit, the criteria and the CI)."""
     fit = fit_phase_change(
-        steps, values, n_boot, seed, ci, min_amplitude, min_r2, max_width_fraction
+        steps,
+        values,
+        n_boot,
+        seed,
+        ci,
+        min_amplitude,
+        min_r2,
+        max_width_fraction,
+        min_plateau_points=min_plateau_points,
     )
     assert isinstance(fit, PhaseChange)
     return fit if fit.detected else None

@@ -207,10 +207,12 @@ class TrajectoriesParams:
     noise_quantiles: list[float] | tuple[float, ...] = (0.5, 0.75, 0.9)
     block: int = 5
     alpha: float = 0.05
+    n_refits: int = 40
 
     def __post_init__(self) -> None:
         _positive(
             "trajectories",
+            n_refits=self.n_refits,
             n_divergent=self.n_divergent,
             n_random=self.n_random,
             n_boot=self.n_boot,

@@ -185,6 +185,7 @@ def classify_trajectories(
     chunk: int = 1024,
     autocorrelation: float | None = None,
     return_residuals: bool = False,
+    min_autocorrelation: float = 0.0,
 ) -> pd.DataFrame | tuple[pd.DataFrame, np.ndarray]:
     """Classify each loss trajectory as flat / smooth / s_shaped / non_monotone by BIC.
 
@@ -195,7 +196,8 @@ def classify_trajectories(
     rise_fall/fall_rise for non_monotone, none for flat), `start_loss` / `end_loss` (fitted
     value at the first / last step), `transition_step` and `width` (log-step units; the
     logistic fit of every token, meaningful where class is s_shaped), `resid_sd` (residual sd
-    of the chosen fit, sqrt(RSS/(n-k))), and `bic_<class>` for each class (the best member).
+    of the chosen fit, sqrt(RSS/(n-k))), `resid_ar1` (lag-1 autocorrelation of the residuals
+    of the closest flat-or-smooth fit), and `bic_<class>` for each class (the best member).
     Classes are tried from simple to complex (flat, smooth, s_shaped, non_monotone); a more
     complex class replaces the current one only if its BIC is lower by more than `margin`
     (6 = "strong evidence", Kass & Raftery 1995), which keeps noise from being read as shape
@@ -208,9 +210,13 @@ def classify_trajectories(
     curves: ~20% "S-shaped"). So the BIC uses the effective number of independent points,
     `n_eff = n (1 - rho) / (1 + rho)`, where `rho` is `autocorrelation` or, when None, the
     median over curves of the lag-1 autocorrelation of the residuals of each curve's best
-    flat-or-smooth fit (clipped to [0, 0.95]); the value used is in
-    `df.attrs["autocorrelation"]`. `return_residuals=True` returns `(df, residuals)`: the
-    residuals of each chosen fit, shaped like `losses`.
+    flat-or-smooth fit (clipped to [0, 0.95]), raised to `min_autocorrelation` when lower
+    (a set compared with a reference set uses the larger of its own and the reference's:
+    borrowing a calmer set's value would overstate n_eff and read wander as shape);
+    the value used is in `df.attrs["autocorrelation"]`, the curves' own estimate (NaN when
+    `autocorrelation` was given) in `df.attrs["own_autocorrelation"]`.
+    `return_residuals=True` returns `(df, residuals)`: the residuals of each chosen fit,
+    shaped like `losses`.
     With `refine`, the logistic parameters of S-shaped tokens are polished with scipy
     `least_squares` (`n_jobs` > 1 runs that with joblib). Token curves are processed in
     chunks of `chunk` tokens to bound memory.
@@ -228,15 +234,17 @@ def classify_trajectories(
             for i in range(0, flat_y.shape[0], chunk)
         ]
         rho = float(np.nanmedian(pd.concat(first, ignore_index=True)["_ar1"]))
+        own = float(np.clip(rho if np.isfinite(rho) else 0.0, 0.0, 0.95))
+        rho = max(own, float(min_autocorrelation))
     else:
-        rho = float(autocorrelation)
+        rho, own = float(autocorrelation), float("nan")
     rho = float(np.clip(rho if np.isfinite(rho) else 0.0, 0.0, 0.95))
     n_eff = max(n * (1 - rho) / (1 + rho), float(max(_K.values()) + 2))
     parts = [
         _classify_chunk(flat_y[i : i + chunk], grids, u, x, margin, n_eff)
         for i in range(0, flat_y.shape[0], chunk)
     ]
-    df = pd.concat([p[0] for p in parts], ignore_index=True).drop(columns="_ar1")
+    df = pd.concat([p[0] for p in parts], ignore_index=True).rename(columns={"_ar1": "resid_ar1"})
     fitted_all = np.concatenate([p[1] for p in parts])
     df.insert(0, "token", np.arange(len(df)) % (y.shape[-2]))
     if n_runs is not None:
@@ -262,9 +270,10 @@ def classify_trajectories(
     df = df.drop(columns=["_lo", "_hi", "_m", "_w"])
     front = [c for c in ("run", "token") if c in df.columns]
     rest = ["class", "model", "direction", "start_loss", "end_loss", "transition_step", "width"]
-    rest += ["resid_sd"] + [f"bic_{c}" for c in CLASSES]
+    rest += ["resid_sd", "resid_ar1"] + [f"bic_{c}" for c in CLASSES]
     out = df[front + rest].copy()
     out.attrs["autocorrelation"] = rho
+    out.attrs["own_autocorrelation"] = own
     if return_residuals:  # of the chosen fit (before the logistic polish)
         return out, (flat_y - fitted_all).reshape(y.shape)
     return out
@@ -531,6 +540,7 @@ def s_shaped_fraction_difference(
     n_boot: int = 2000,
     seed: int = 0,
     ci: float = 0.95,
+    paired: bool = False,
 ) -> pd.DataFrame:
     """Fraction of S-shaped trajectories among seed-divergent tokens minus among a baseline
     set, with Multi-Bootstrap CIs.
@@ -543,7 +553,9 @@ def s_shaped_fraction_difference(
     independent evidence per run), and draws runs with replacement (Sellam et al. 2022).
     Rows of the result: `scheme` "tokens" (tokens only), "runs" (runs only), "runs+tokens"
     (both: the Multi-Bootstrap, the headline), each with `estimate, ci_low, ci_high,
-    divergent_frac, baseline_frac, n_runs`.
+    divergent_frac, baseline_frac, n_runs`. `paired=True` (a baseline matched one-to-one:
+    baseline token i is the match of divergent token i, same token count) resamples pairs:
+    one draw of indices serves both sets, so the CI uses the matching.
     """
     for name, frame in (("divergent", divergent), ("baseline", baseline)):
         if not {"run", "token", "class"} <= set(frame.columns):
@@ -573,7 +585,17 @@ def s_shaped_fraction_difference(
     fd, fb = sd.mean(axis=1), sb.mean(axis=1)  # [R] per-run fractions
     # token resamples shared by all runs: multinomial counts over the tokens of each set
     wd = rng.multinomial(sd.shape[1], np.full(sd.shape[1], 1 / sd.shape[1]), n_boot)
-    wb = rng.multinomial(sb.shape[1], np.full(sb.shape[1], 1 / sb.shape[1]), n_boot)
+    if paired and sb.shape[1] != sd.shape[1]:
+        raise SeedscopeError(
+            f"paired sets need as many baseline ({sb.shape[1]}) as divergent "
+            f"({sd.shape[1]}) tokens.",
+            "pass the baseline matched one-to-one (match_baseline), in the same order.",
+        )
+    wb = (
+        wd
+        if paired
+        else rng.multinomial(sb.shape[1], np.full(sb.shape[1], 1 / sb.shape[1]), n_boot)
+    )
     bd = sd @ wd.T / sd.shape[1]  # [R, B]
     bb = sb @ wb.T / sb.shape[1]
     pick = rng.integers(0, r, (n_boot, r))  # [B, R] runs drawn with replacement
@@ -628,11 +650,26 @@ def match_baseline(
     return chosen
 
 
-def curve_features(losses: np.ndarray) -> np.ndarray:
+def curve_features(
+    losses: np.ndarray,
+    steps: Sequence[int] | np.ndarray | None = None,
+    autocorrelation: float | None = None,
+) -> np.ndarray:
     """Per-token features for matching: `losses [n_runs, n_tokens, n_steps]` -> `[n_tokens,
-    2]`: the mean over runs of the final loss and of the total drop (first minus last)."""
+    f]`: the mean over runs of the final loss and of the total drop (first minus last);
+    with `steps`, also the median over runs of the residual sd of the chosen fit and of the
+    residuals' lag-1 autocorrelation (`classify_trajectories` with `autocorrelation`,
+    unrefined): the classifier's verdict depends on a curve's noise and wander as much as
+    on its amplitude, so a baseline that matches only the amplitude is not like-for-like."""
     y = np.asarray(losses, float)
-    return np.stack([y[..., -1].mean(axis=0), (y[..., 0] - y[..., -1]).mean(axis=0)], axis=1)
+    feats = [y[..., -1].mean(axis=0), (y[..., 0] - y[..., -1]).mean(axis=0)]
+    if steps is not None:
+        df = classify_trajectories(y, steps, refine=False, autocorrelation=autocorrelation)
+        shape = y.shape[:-1]
+        feats.append(np.median(df["resid_sd"].to_numpy().reshape(shape), axis=0))
+        ar1 = np.nan_to_num(df["resid_ar1"].to_numpy().reshape(shape), nan=0.0)
+        feats.append(np.median(ar1, axis=0))
+    return np.stack(feats, axis=1)
 
 
 def block_resample(residuals: np.ndarray, n_curves: int, block: int, seed: int) -> np.ndarray:
@@ -768,49 +805,127 @@ def transition_spread(classes: pd.DataFrame, min_runs: int = 2) -> pd.DataFrame:
     return out.reset_index()
 
 
+def token_recovery_sd(
+    losses: np.ndarray,
+    steps: Sequence[int] | np.ndarray,
+    classes: pd.DataFrame,
+    autocorrelation: float,
+    n_refits: int = 40,
+    block: int = 5,
+    seed: int = 0,
+    min_runs: int = 2,
+) -> pd.DataFrame:
+    """Each token's own transition-step recovery error: the spread the fit would show if
+    every run shared the token's mean curve and differed only by the token's own noise.
+
+    `losses [n_runs, n_tokens, n_steps]` and their `classes` (`classify_trajectories` of
+    the same array, with `autocorrelation`). For each token S-shaped in >= `min_runs` runs:
+    its clean curve is the mean over those runs of their fitted curves; its noise is those
+    runs' residuals, block-resampled (`block_resample`, keeping their autocorrelation) and
+    scaled to their rms; `n_refits` such curves are classified with the same
+    `autocorrelation`, and `recovery_sd_log10` is the sd (decades) of the transition steps
+    of those recovered as S-shaped (`n_recovered`; NaN when < 3). A pooled error measured on
+    other (calmer or larger) tokens would make a token's honest spread look like a seed
+    effect. Returns one row per tested token: `token, n_recovered, recovery_sd_log10`.
+    """
+    y, st = _prepare(losses, steps)
+    if y.ndim != 3:
+        raise SeedscopeError(
+            f"losses must be [n_runs, n_tokens, n_steps]; got shape {y.shape}.",
+            "pass the token curves of every run.",
+        )
+    n_runs, n_tok, n = y.shape
+    cls = classes["class"].to_numpy().reshape(n_runs, n_tok) == "s_shaped"
+    _, resid = classify_trajectories(
+        y, st, refine=False, autocorrelation=autocorrelation, return_residuals=True
+    )
+    tested = np.flatnonzero(cls.sum(axis=0) >= min_runs)
+    if not tested.size:
+        return pd.DataFrame({"token": [], "n_recovered": [], "recovery_sd_log10": []}).astype(
+            {"token": int, "n_recovered": int}
+        )
+    synth = np.empty((tested.size * n_refits, n))
+    for i, t in enumerate(tested):
+        runs = np.flatnonzero(cls[:, t])
+        clean = (y[runs, t] - resid[runs, t]).mean(axis=0)
+        r = resid[runs, t]
+        scale = float(np.sqrt(np.mean((r - r.mean(axis=1, keepdims=True)) ** 2)))
+        noise = block_resample(r, n_refits, block, seed + int(t)) * scale
+        synth[i * n_refits : (i + 1) * n_refits] = clean + noise
+    fit = classify_trajectories(synth, st, autocorrelation=autocorrelation)
+    ok = (fit["class"].to_numpy() == "s_shaped").reshape(tested.size, n_refits)
+    lt = np.log10(fit["transition_step"].to_numpy() + 1.0).reshape(tested.size, n_refits)
+    n_rec = ok.sum(axis=1)
+    sd = np.full(tested.size, np.nan)
+    for i in range(tested.size):
+        if n_rec[i] >= 3:
+            sd[i] = float(np.std(lt[i, ok[i]], ddof=1))
+    return pd.DataFrame({"token": tested, "n_recovered": n_rec, "recovery_sd_log10": sd})
+
+
 def seed_spread_test(
-    spread: pd.DataFrame, recovery_sd: float, alpha: float = 0.05
+    spread: pd.DataFrame, recovery_sd: float | pd.DataFrame, alpha: float = 0.05
 ) -> tuple[pd.DataFrame, dict[str, float]]:
     """Is a token's transition step spread across seeds wider than the fit's own error?
 
-    `spread`: `transition_spread` output (`n_s_shaped`, `transition_sd_log10`);
-    `recovery_sd`: sd (decades) of the recovered-minus-planted transition step on synthetic
-    curves at the real noise (`validate_at_real_noise`). If the k runs shared one transition
-    step, their sd s would follow `(k-1) s^2 / sd^2 ~ chi2(k-1)`; the one-sided p of each
-    token's s is Benjamini-Hochberg adjusted over tokens. Returns the frame with `p_value`,
-    `q_value`, `wider_than_fit` and a summary: `n_tokens` (S-shaped in >= 2 runs),
-    `median_sd_log10`, `recovery_sd_log10`, `ratio` (median sd / recovery sd),
-    `fraction_wider` (share of tokens with q < `alpha`).
+    `spread`: `transition_spread` output (`n_s_shaped`, `transition_sd_log10`).
+    `recovery_sd`: either the `token_recovery_sd` frame (each token's own error from
+    `n_recovered` refits: the ratio of variances `s^2 / sd_t^2` is tested against
+    `F(k-1, n_recovered-1)`, the refits' sd being itself an estimate; tokens without a
+    recovery sd are not tested), or one sd (decades) for all tokens (`(k-1) s^2 / sd^2 ~
+    chi2(k-1)`; valid only where every token's fit error equals it). The one-sided p of
+    each token's s is Benjamini-Hochberg adjusted over tokens. Returns the frame with
+    `recovery_sd_log10`, `p_value`, `q_value`, `wider_than_fit` and a summary: `n_tokens`
+    (tested), `median_sd_log10`, `recovery_sd_log10` (median over tokens), `ratio` (median
+    over tokens of sd / recovery sd), `fraction_wider` (share of tested tokens with q <
+    `alpha`).
     """
     from scipy import stats as st
 
     from seedscope.stats import bh_adjust
 
     out = spread.copy()
-    ok = out["transition_sd_log10"].notna() & (out["n_s_shaped"] >= 2)
+    nan = float("nan")
+    if isinstance(recovery_sd, pd.DataFrame):
+        rec = recovery_sd.set_index("token")
+        out["recovery_sd_log10"] = out["token"].map(rec["recovery_sd_log10"]).astype(float)
+        out["n_recovered"] = out["token"].map(rec["n_recovered"]).fillna(0).astype(int)
+    else:
+        out["recovery_sd_log10"] = float(recovery_sd)
+    ok = (
+        out["transition_sd_log10"].notna()
+        & (out["n_s_shaped"] >= 2)
+        & (out["recovery_sd_log10"] > 0)
+        & np.isfinite(out["recovery_sd_log10"])
+    )
     k = out.loc[ok, "n_s_shaped"].to_numpy(float)
     sd = out.loc[ok, "transition_sd_log10"].to_numpy(float)
-    nan = float("nan")
+    rsd = out.loc[ok, "recovery_sd_log10"].to_numpy(float)
     out["p_value"] = nan
     out["q_value"] = nan
-    if not ok.any() or not np.isfinite(recovery_sd) or recovery_sd <= 0:
-        out["wider_than_fit"] = False
+    out["wider_than_fit"] = False
+    if not ok.any():
         return out, {
-            "n_tokens": float(ok.sum()),
-            "median_sd_log10": float(np.median(sd)) if sd.size else nan,
-            "recovery_sd_log10": float(recovery_sd),
+            "n_tokens": 0.0,
+            "median_sd_log10": nan,
+            "recovery_sd_log10": float(np.nanmedian(out["recovery_sd_log10"]))
+            if out["recovery_sd_log10"].notna().any()
+            else nan,
             "ratio": nan,
             "fraction_wider": nan,
         }
-    p = st.chi2.sf((k - 1) * sd**2 / recovery_sd**2, k - 1)
+    if "n_recovered" in out.columns:
+        p = st.f.sf(sd**2 / rsd**2, k - 1, out.loc[ok, "n_recovered"].to_numpy(float) - 1)
+    else:
+        p = st.chi2.sf((k - 1) * sd**2 / rsd**2, k - 1)
     out.loc[ok, "p_value"] = p
     out.loc[ok, "q_value"] = bh_adjust(p)
     out["wider_than_fit"] = out["q_value"] < alpha
     return out, {
         "n_tokens": float(ok.sum()),
         "median_sd_log10": float(np.median(sd)),
-        "recovery_sd_log10": float(recovery_sd),
-        "ratio": float(np.median(sd) / recovery_sd),
+        "recovery_sd_log10": float(np.median(rsd)),
+        "ratio": float(np.median(sd / rsd)),
         "fraction_wider": float(out.loc[ok, "wider_than_fit"].mean()),
     }
 

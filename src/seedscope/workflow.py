@@ -1278,22 +1278,41 @@ def trajectories_stage(suite: dict[str, Any], trajectories: dict[str, Any]):
     runs = resolved.run_names
     div_idx = np.flatnonzero(selection["divergent"].to_numpy())
     rand_idx = np.flatnonzero(selection["random"].to_numpy())
-    # one classifier for every set: the residual autocorrelation is measured on the random
-    # (representative) tokens and used for all, so the sets differ only in their curves
+    # the residual autocorrelation sets the BIC's n_eff: measured on the random
+    # (representative) tokens; every other set uses the larger of its own and that one, so
+    # a set whose curves wander more is not classified with a calmer set's n_eff
     baseline = tj.classify_trajectories(losses[:, rand_idx], steps, run_names=runs)
     rho = baseline.attrs["autocorrelation"]
     divergent = tj.classify_trajectories(
-        losses[:, div_idx], steps, run_names=runs, autocorrelation=rho
+        losses[:, div_idx], steps, run_names=runs, min_autocorrelation=rho
     )
-    # a baseline matched on mean final loss and total drop: S-shape detection depends on
-    # amplitude, and seed-divergent tokens differ from random ones in amplitude
-    features = tj.curve_features(losses)
+    # a baseline matched on mean final loss, total drop, residual sd and residual lag-1
+    # autocorrelation: S-shape detection depends on amplitude and noise, and seed-divergent
+    # tokens differ from random ones in both
+    features = tj.curve_features(losses, steps, rho)
     matched_idx = tj.match_baseline(
         features[div_idx], features, exclude=selection["divergent"].to_numpy()
     )
     matched = tj.classify_trajectories(
-        losses[:, matched_idx], steps, run_names=runs, autocorrelation=rho
+        losses[:, matched_idx], steps, run_names=runs, min_autocorrelation=rho
     )
+    noise_by_set = pd.DataFrame(
+        [
+            {
+                "set": name,
+                "autocorrelation_own": frame.attrs["own_autocorrelation"],
+                "autocorrelation_used": frame.attrs["autocorrelation"],
+                "resid_sd_median": float(frame["resid_sd"].median()),
+                "resid_ar1_median": float(frame["resid_ar1"].median()),
+            }
+            for name, frame in (
+                ("divergent", divergent),
+                ("random", baseline),
+                ("matched", matched),
+            )
+        ]
+    )
+    write_parquet(out / "noise_by_set.parquet", noise_by_set)
     selection["matched"] = np.isin(np.arange(len(selection)), matched_idx)
     write_parquet(out / "selection.parquet", selection)
     classes = pd.concat(
@@ -1326,16 +1345,25 @@ def trajectories_stage(suite: dict[str, Any], trajectories: dict[str, Any]):
     accuracy = float(mid_q["accuracy"])
     path = tj.s_shaped_fraction_difference(divergent, baseline, n_boot=cfg.n_boot, seed=cfg.seed)
     path_matched = tj.s_shaped_fraction_difference(
-        divergent, matched, n_boot=cfg.n_boot, seed=cfg.seed
+        divergent, matched, n_boot=cfg.n_boot, seed=cfg.seed, paired=True
     )
     path = pd.concat(
         [path.assign(baseline="random"), path_matched.assign(baseline="matched")],
         ignore_index=True,
     )
     write_parquet(out / "path_dependence.parquet", path)
-    spread, spread_test = tj.seed_spread_test(
-        tj.transition_spread(divergent), float(mid_q["transition_error_sd_log10"]), cfg.alpha
+    # each token's spread is tested against its own fit error (its mean curve + its own
+    # block-resampled residuals, refitted), not the random tokens' pooled error
+    recovery = tj.token_recovery_sd(
+        losses[:, div_idx],
+        steps,
+        divergent,
+        divergent.attrs["autocorrelation"],
+        n_refits=cfg.n_refits,
+        block=cfg.block,
+        seed=cfg.seed,
     )
+    spread, spread_test = tj.seed_spread_test(tj.transition_spread(divergent), recovery, cfg.alpha)
     write_parquet(out / "transition_spread.parquet", spread)
     fractions = classes.groupby(["set", "class"]).size() / classes.groupby("set").size()
     fractions = fractions.rename("fraction").reset_index()
@@ -1402,7 +1430,14 @@ def trajectories_stage(suite: dict[str, Any], trajectories: dict[str, Any]):
             f"{top_q['quantile']:.0%} noise quantile ({top_q['noise_sd']:.2f} nats)",
         ),
         "residual_autocorrelation": headline(
-            rho, "lag-1 autocorrelation of the residuals of real curves (sets the BIC's n_eff)"
+            rho,
+            "lag-1 autocorrelation of the residuals of the random tokens' curves (sets the "
+            "BIC's n_eff; other sets use the larger of theirs and this)",
+        ),
+        "residual_autocorrelation_divergent": headline(
+            divergent.attrs["autocorrelation"],
+            "lag-1 residual autocorrelation used for the seed-divergent tokens (own estimate "
+            f"{divergent.attrs['own_autocorrelation']:.2f})",
         ),
     }
     if np.isfinite(spread_test["median_sd_log10"]):
@@ -1413,8 +1448,8 @@ def trajectories_stage(suite: dict[str, Any], trajectories: dict[str, Any]):
     if np.isfinite(spread_test["fraction_wider"]):
         heads["transition_spread_wider_than_fit"] = headline(
             spread_test["fraction_wider"],
-            "share of tokens whose transition-step spread across seeds exceeds the fit's own "
-            f"error (chi-square, BH q < {cfg.alpha:g})",
+            "share of tokens whose transition-step spread across seeds exceeds the token's "
+            f"own fit error (F test against its refits, BH q < {cfg.alpha:g})",
         )
     metrics = write_metrics(
         "trajectories",
@@ -1425,6 +1460,7 @@ def trajectories_stage(suite: dict[str, Any], trajectories: dict[str, Any]):
             "validation": validation.to_dict("records"),
             "path_dependence": path.to_dict("records"),
             "transition_spread_test": spread_test,
+            "noise_by_set": noise_by_set.to_dict("records"),
         },
         provenance=stage_provenance("trajectories", resolved, [int(s) for s in steps], cfg),
     )
@@ -1433,6 +1469,7 @@ def trajectories_stage(suite: dict[str, Any], trajectories: dict[str, Any]):
         "confusion": confusion,
         "validation": validation,
         "spread_test": spread_test,
+        "noise_by_set": noise_by_set,
         "autocorrelation": rho,
         "accuracy": accuracy,
         "noise": noise,
