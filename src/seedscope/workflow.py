@@ -1198,7 +1198,14 @@ def behaviours_stage(suite: dict[str, Any], behaviours: dict[str, Any]):
         "final_summary": final_summary,
         "scoring": scoring,
         "sentences": {
-            "emergence": bh.emergence_sentence(spread, cfg.score_threshold),
+            "emergence": bh.emergence_sentence(
+                spread,
+                cfg.score_threshold,
+                item_scores.groupby("behaviour")["n_options"]
+                .agg(lambda k: int(k.mode().iloc[0]))
+                .to_dict(),  # a mapping: `if n_options` on a Series is ambiguous
+            ),
+            "mid_vs_final": bh.mid_final_sentence(mid_final),
             "scoring": bh.scoring_sentence(scoring, cfg.scoring),
             "final": bh.final_sentence(final, final_summary),
         },
