@@ -60,19 +60,27 @@ def _record(**values):
 
 def test_answer_fills_numbers_tagged_for_the_browser_test():
     answer = next(a for a in ANSWERS if a.stage == "loss_pca")
-    text = answer_html(answer, _record(pc1_variance=0.61234, pc2_variance=0.1))
+    record = _record(pc1_variance=0.61234, seed_variance_share=0.1, n_seed_components=2.0)
+    text = answer_html(answer, record)
     spans = re.findall(r'data-metric="([^"]+)" data-part="(\w+)">([^<]+)<', text)
     assert spans == [
         ("loss_pca.pc1_variance", "full", "0.612 (95% CI 0.602-0.622)"),
-        ("loss_pca.pc2_variance", "full", "0.100 (95% CI 0.0900-0.110)"),
+        ("loss_pca.seed_variance_share", "full", "0.100 (95% CI 0.0900-0.110)"),
+        ("loss_pca.n_seed_components", "value", "2"),
     ]
+    assert "no seed structure beyond noise" not in text
+    none = answer_html(
+        answer, _record(pc1_variance=0.6, seed_variance_share=0.01, n_seed_components=0.0)
+    )
+    assert "no seed structure beyond noise" in none and "n_seed_components" not in none
 
 
 def test_answer_names_a_missing_key_and_a_missing_stage():
     answer = next(a for a in ANSWERS if a.stage == "loss_pca")
     text = answer_html(answer, _record(pc1_variance=0.6))
-    assert "Not available" in text and "<code>pc2_variance</code>" in text
-    assert "data-metric" not in text  # no half-filled sentence
+    assert "Not available" in text and "<code>seed_variance_share</code>" in text
+    assert 'data-metric="loss_pca.pc1_variance"' in text  # its own sentence is whole
+    assert 'data-metric="loss_pca.seed_variance_share"' not in text  # no half-filled sentence
     missing = answer_html(answer, None)
     assert "metrics/details/loss_pca.json" in missing and "dvc repro loss_pca" in missing
 

@@ -156,11 +156,29 @@ ANSWERS: tuple[Answer, ...] = (
         "Along which directions do the runs' per-token losses vary?",
         (
             Sentence(
-                "The first principal component of per-token loss explains a fraction "
-                "{pc1_variance} of its variance, the second {pc2_variance}."
+                "The first principal component of per-token loss (difficulty shared by every "
+                "run) explains a fraction {pc1_variance} of its variance."
+            ),
+            Sentence(
+                "With each size's mean removed, seeds account for a fraction "
+                "{seed_variance_share} of the variance, and no component of it passes the "
+                "parallel-analysis test against window-permuted runs: no seed structure "
+                "beyond noise.",
+                when=lambda v: _v(v, "n_seed_components") == 0,
+            ),
+            Sentence(
+                "With each size's mean removed, seeds account for a fraction "
+                "{seed_variance_share} of the variance, and {n_seed_components.value} "
+                "component(s) of it pass the parallel-analysis test against permuted runs.",
+                when=lambda v: not _v(v, "n_seed_components") == 0,
             ),
         ),
-        (Sentence("PC1 explains a fraction {pc1_variance} of per-token loss variance"),),
+        (
+            Sentence(
+                "PC1 (shared difficulty) explains {pc1_variance} of per-token loss variance; "
+                "{n_seed_components.value} seed component(s) pass the noise test"
+            ),
+        ),
     ),
     Answer(
         4,
