@@ -109,6 +109,14 @@ def test_headline_metrics_are_sane(smoke_project):
     assert all(v["flat_s_rate"] <= 0.1 for v in validation), validation
     assert traj["classifier_accuracy"]["value"] == pytest.approx(validation[0]["accuracy"])
     assert 0 <= traj["residual_autocorrelation"]["value"] <= 0.95
+    # each set is classified with the larger of its own and the random tokens' autocorrelation
+    noise = {
+        r["set"]: r for r in _details(smoke_project, "trajectories")["details"]["noise_by_set"]
+    }
+    for name in ("divergent", "matched"):
+        assert noise[name]["autocorrelation_used"] == pytest.approx(
+            max(noise["random"]["autocorrelation_own"], noise[name]["autocorrelation_own"])
+        ), name
     ind = _metrics(smoke_project, "induction")
     details = _details(smoke_project, "induction")["details"]
     n_runs = len(details["phase_changes"])

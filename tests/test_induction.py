@@ -154,6 +154,48 @@ def test_tl_mul_score_of_a_perfect_head_and_agreement_with_ours():
     assert np.unravel_index(np.argmax(tl), tl.shape) == (0, 1)
 
 
+def _tl_score_by_loops(pat: np.ndarray, tokens: np.ndarray) -> float:
+    """TransformerLens's "mul" score spelled out: attention from each query q to keys k
+    whose previous token (at k - 1 < q) equals the token at q, over all attention."""
+    n = len(tokens)
+    hit = sum(
+        pat[q, k] for q in range(n) for k in range(1, n) if k - 1 < q and tokens[k - 1] == tokens[q]
+    )
+    return hit / pat.sum()
+
+
+def test_tl_score_on_sequences_with_accidental_repeats():
+    # halves drawn with replacement from 4 ids: many accidental repeats, so the TL score
+    # is no longer a fixed multiple of ours (the repeat-free case is a tautology); it must
+    # still match TransformerLens's definition and rank the strong head first
+    rng = np.random.default_rng(3)
+    half, n_seq = 8, 4
+    firsts = rng.integers(0, 4, (n_seq, half))
+    seqs = np.concatenate([np.full((n_seq, 1), 9), firsts, firsts], axis=1)
+    assert ind.accidental_repeat_fraction(torch.tensor(seqs)) > 0
+    n = seqs.shape[1]
+    raw = np.tril(rng.gamma(0.3, size=(2, n_seq, 4, n, n)))
+    raw[..., np.arange(n), np.arange(n)] += 1e-3
+    pats = raw / raw.sum(-1, keepdims=True)
+    perfect = _induction_pattern(half)
+    pats[1, :, 2] = 0.3 * pats[1, :, 2] + 0.7 * perfect
+    tl = ind.tl_induction_score(pats, seqs)
+    by_loops = np.array(
+        [
+            [np.mean([_tl_score_by_loops(pats[lay, b, h], seqs[b]) for b in range(n_seq)])
+             for h in range(4)]
+            for lay in range(2)
+        ]
+    )  # fmt: skip
+    np.testing.assert_allclose(tl, by_loops, rtol=1e-12)
+    ours = ind.induction_score(pats).mean(axis=1)
+    ratio = tl / ours
+    assert np.ptp(ratio) > 0.05  # not proportional: the check is not a tautology
+    assert np.unravel_index(np.argmax(tl), tl.shape) == (1, 2)
+    assert np.unravel_index(np.argmax(ours), ours.shape) == (1, 2)
+    assert stats.spearmanr(tl.ravel(), ours.ravel()).statistic > 0.5
+
+
 def test_induction_score_half_attention():
     half = 5
     p = 0.5 * _induction_pattern(half) + 0.5 * _prev_token_pattern(1 + 2 * half)
@@ -431,6 +473,22 @@ def test_coincidence_test_finds_planted_lockstep_and_not_a_size_effect():
     missing = _runs(ind_steps, np.r_[locked[:8], np.nan, np.nan])
     assert ind.coincidence_test(missing, "a", "b", n_perm=10)["n"] == 8
     assert np.isnan(ind.coincidence_test(_runs([1.0, 2.0], [1.0, 2.0]), "a", "b")["p_value"])
+    # a size with a single run with both events is dropped from the test and from n
+    lone = _runs(ind_steps, np.r_[locked[:6], np.nan, np.nan, np.nan, np.nan])
+    res = ind.coincidence_test(lone, "a", "b", n_perm=50)
+    assert res["n"] == 5 and res["n_dropped"] == 1
+    assert res["n_arrangements"] == 120  # 5! shufflings of the small seeds
+    # the within-size r has a permutation p from the same shuffles: small when locked,
+    # roughly uniform under the null (size-only) draws
+    assert out["r_p_value"] < 0.01 and out["n_arrangements"] == 120**2
+    null_r = [
+        ind.coincidence_test(
+            _runs(*np.exp(np.log([300] * 5 + [900] * 5) + np.random.default_rng(i).normal(0, 0.4, (2, 10)))),
+            "a", "b", n_perm=200, seed=i,
+        )["r_p_value"]
+        for i in range(60)
+    ]  # fmt: skip
+    assert np.mean(np.array(null_r) < 0.05) <= 0.12
 
 
 def test_phase_change_summary_and_compare():
@@ -442,6 +500,28 @@ def test_phase_change_summary_and_compare():
     cmp = ind.compare_sizes(df)
     assert cmp["mean_diff"] == pytest.approx(1000)
     assert cmp["mannwhitney_p"] == pytest.approx(0.2)  # exact: 2 / C(5,2) = 0.2
+
+
+def test_induction_sentence_words_the_size_difference_by_its_sign():
+    from seedscope.workflow import induction_sentence
+
+    changes = pd.DataFrame(
+        {
+            "size": ["small"] * 2 + ["medium"] * 2,
+            "formed": True,
+            "jump_detected": True,
+            "midpoint": [900.0, 1100.0, 600.0, 700.0],
+            "step": [1000, 1000, 500, 800],  # schedule steps: not what is compared
+            "final_induction": 0.9,
+            "final_induction_all_ids": 0.9,
+        }
+    )
+    cmp = ind.compare_sizes(changes, value="midpoint")
+    assert cmp["mean_diff"] == pytest.approx(-350)
+    text = induction_sentence(changes, cmp)
+    assert "350 steps earlier" in text and "later" not in text
+    text = induction_sentence(changes, {**cmp, "mean_diff": 200.0})
+    assert "200 steps later" in text
 
 
 def test_figures_return_figures():

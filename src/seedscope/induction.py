@@ -848,15 +848,26 @@ def coincidence_test(
     same group (the null: seeds paired at random, the size kept, so a size effect cannot pose
     as coincidence); `r` = Pearson correlation of a and b after centring each within its
     group; `p_value`: one-sided permutation p of `matched` being this small when b is
-    shuffled among the runs of each group (`n_perm` shuffles, `default_rng(seed)`). NaN
-    where fewer than 3 runs have both events, or no group has 2.
+    shuffled among the runs of each group (`n_perm` shuffles, `default_rng(seed)`);
+    `r_p_value`: two-sided permutation p of |r| from the same shuffles. Only groups with
+    >= 2 runs are tested: `n` counts their runs, `n_dropped` the runs with both events in
+    smaller groups; `n_arrangements` is the number of distinct shufflings (the product of
+    the groups' factorials: 5 seeds of one size give 120, so p cannot go below 1/120 and
+    repeated shuffles are not new evidence). NaN where fewer than 3 runs are tested.
     """
+    from math import factorial, prod
+
     d = df[[a, b, by]].dropna()
-    out: dict[str, float] = {"n": float(len(d))}
     nan = float("nan")
     groups = [g for _, g in d.groupby(by, sort=False) if len(g) >= 2]
-    if len(d) < 3 or not groups:
-        out.update(matched=nan, mismatched=nan, r=nan, p_value=nan)
+    n_tested = int(sum(len(g) for g in groups))
+    out: dict[str, float] = {
+        "n": float(n_tested),
+        "n_dropped": float(len(d) - n_tested),
+        "n_arrangements": float(prod(factorial(len(g)) for g in groups)) if groups else nan,
+    }
+    if n_tested < 3:
+        out.update(matched=nan, mismatched=nan, r=nan, p_value=nan, r_p_value=nan)
         return out
     xa = [np.log(g[a].to_numpy(float) + 1.0) for g in groups]
     xb = [np.log(g[b].to_numpy(float) + 1.0) for g in groups]
@@ -868,17 +879,27 @@ def coincidence_test(
     ca = np.concatenate([p - p.mean() for p in xa])
     cb = np.concatenate([q - q.mean() for q in xb])
     denom = float(np.sqrt((ca**2).sum() * (cb**2).sum()))
+    r = float((ca * cb).sum() / denom) if denom > 0 else nan
     rng = np.random.default_rng(seed)
     null = np.empty(n_perm)
+    null_r = np.empty(n_perm)
     for i in range(n_perm):
+        shuffled = [rng.permutation(q) for q in xb]
         null[i] = np.mean(
-            np.concatenate([np.abs(rng.permutation(q) - p) for p, q in zip(xa, xb, strict=True)])
+            np.concatenate([np.abs(q - p) for p, q in zip(xa, shuffled, strict=True)])
         )
+        cs = np.concatenate([q - q.mean() for q in shuffled])
+        null_r[i] = (ca * cs).sum() / denom if denom > 0 else nan
     out.update(
         matched=matched,
         mismatched=float(np.mean(np.concatenate(mism))),
-        r=float((ca * cb).sum() / denom) if denom > 0 else nan,
+        r=r,
         p_value=float((1 + np.sum(null <= matched + 1e-12)) / (n_perm + 1)),
+        r_p_value=(
+            float((1 + np.sum(np.abs(null_r) >= abs(r) - 1e-12)) / (n_perm + 1))
+            if np.isfinite(r)
+            else nan
+        ),
     )
     return out
 

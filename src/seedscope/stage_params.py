@@ -240,7 +240,9 @@ class InductionParams:
     head when, at its final checkpoint, the best head scores >= `formed_score` and the
     second-copy loss is <= `formed_copy_ratio` x the first-copy loss. A phase change needs
     a logistic fit with amplitude >= `phase_min_amplitude` (score units; ICL:
-    `icl_min_amplitude` nats) and r2 >= `phase_min_r2`. The ICL score is the mean loss over
+    `icl_min_amplitude` nats), r2 >= `phase_min_r2`, a 10-90% rise within
+    `phase_max_width_fraction` of the log-step range and >= `phase_min_plateau_points`
+    checkpoints on each plateau. The ICL score is the mean loss over
     positions `icl_late` minus `icl_early` (of a 1024-token context, scaled to the window)
     on `icl_windows` eval windows.
     """
@@ -262,10 +264,13 @@ class InductionParams:
     icl_early: tuple[int, int] | list[int] = (40, 60)
     icl_late: tuple[int, int] | list[int] = (450, 550)
     n_perm: int = 2000
+    phase_max_width_fraction: float = 0.5
+    phase_min_plateau_points: int = 2
 
     def __post_init__(self) -> None:
         _positive(
             "induction",
+            phase_min_plateau_points=self.phase_min_plateau_points,
             n_seqs=self.n_seqs,
             half_len=self.half_len,
             n_boot=self.n_boot,
@@ -281,12 +286,18 @@ class InductionParams:
                 f"induction.probe_min_count must be >= 0, got {self.probe_min_count}.",
                 "use e.g. 5 (0 = every id of the vocabulary).",
             )
-        for key in ("formed_score", "formed_copy_ratio", "phase_min_r2"):
+        for key in (
+            "formed_score",
+            "formed_copy_ratio",
+            "phase_min_r2",
+            "phase_max_width_fraction",
+        ):
             value = getattr(self, key)
             if not 0 < value <= 1:
                 raise SeedscopeError(
                     f"induction.{key} must be in (0, 1], got {value}.",
-                    "use e.g. formed_score 0.4, formed_copy_ratio 0.5, phase_min_r2 0.8.",
+                    "use e.g. formed_score 0.4, formed_copy_ratio 0.5, phase_min_r2 0.8, "
+                    "phase_max_width_fraction 0.5.",
                 )
         for key in ("icl_early", "icl_late"):
             band = list(getattr(self, key))

@@ -1412,8 +1412,8 @@ def trajectories_stage(suite: dict[str, Any], trajectories: dict[str, Any]):
         ),
         "s_fraction_difference_matched": headline(
             both_m["estimate"],
-            "S-shaped fraction, seed-divergent minus tokens matched on final loss and drop "
-            "(Multi-Bootstrap CI)",
+            "S-shaped fraction, seed-divergent minus tokens matched one-to-one on final loss, "
+            "drop, residual sd and autocorrelation (Multi-Bootstrap CI over runs and pairs)",
             (both_m["ci_low"], both_m["ci_high"]),
         ),
         "s_fraction_divergent": headline(
@@ -1477,6 +1477,7 @@ def trajectories_stage(suite: dict[str, Any], trajectories: dict[str, Any]):
         "validation": validation,
         "spread_test": spread_test,
         "noise_by_set": noise_by_set,
+        "config": cfg,
         "autocorrelation": rho,
         "accuracy": accuracy,
         "noise": noise,
@@ -1489,13 +1490,48 @@ def trajectories_stage(suite: dict[str, Any], trajectories: dict[str, Any]):
     }
 
 
+def classifier_sentence(validation: pd.DataFrame, noise_by_set: pd.DataFrame) -> str:
+    """The shape classifier's trade-off and the noise of each token set, in plain words, from
+    `trajectories_stage`'s `validation` and `noise_by_set` tables."""
+    lo, hi = validation.iloc[0], validation.iloc[-1]
+    sets = "; ".join(
+        f"{r['set']}: residual sd {r['resid_sd_median']:.3f} nats, lag-1 autocorrelation "
+        f"{r['autocorrelation_own']:.2f} (used {r['autocorrelation_used']:.2f})"
+        for _, r in noise_by_set.iterrows()
+    )
+    return (
+        f"The classifier trades recall of S-shaped curves for fewer false shape claims: at "
+        f"the {lo['quantile']:.0%} noise quantile ({lo['noise_sd']:.2f} nats) it finds "
+        f"{lo['s_recall']:.0%} of planted S-curves and calls {lo['s_false_rate']:.1%} of "
+        f"other curves S-shaped; at the {hi['quantile']:.0%} quantile ({hi['noise_sd']:.2f} "
+        f"nats) {hi['s_recall']:.0%} and {hi['s_false_rate']:.1%}. S-shaped fractions are "
+        f"therefore lower bounds. Noise by set (medians over curves): {sets}. Each set is "
+        "classified with the larger of its own autocorrelation and the random tokens' one."
+    )
+
+
+def spread_sentence(spread_test: dict[str, float], alpha: float = 0.05) -> str:
+    """Transition-step spread across seeds against each token's own fit error, in words."""
+    n = int(spread_test["n_tokens"])
+    if not n:
+        return "No token is S-shaped in two or more runs, so no transition spread is tested."
+    return (
+        f"Transition step spread across seeds: median sd {spread_test['median_sd_log10']:.3f} "
+        f"decades over {n} tokens S-shaped in >= 2 runs and with a recovery error, vs each "
+        f"token's own fit error (its mean curve plus its own block-resampled residuals, "
+        f"refitted; median {spread_test['recovery_sd_log10']:.3f} decades, median ratio "
+        f"{spread_test['ratio']:.2f}): {spread_test['fraction_wider']:.1%} of tokens spread "
+        f"wider than their fit error (F test, BH q < {alpha:g})."
+    )
+
+
 def path_dependence_sentence(path: pd.DataFrame) -> str:
     """Plain-words verdict on path dependence, from `trajectories_stage`'s `path` table
     (Multi-Bootstrap rows, against the random and the matched baseline)."""
     parts = []
     for base, name in (
         ("random", "random tokens"),
-        ("matched", "tokens matched on final loss and drop"),
+        ("matched", "tokens matched on final loss, drop and residual noise"),
     ):
         row = path[(path["scheme"] == "runs+tokens") & (path["baseline"] == base)]
         if row.empty:
@@ -1679,13 +1715,19 @@ def induction_stage(suite: dict[str, Any], induction: dict[str, Any]):
         ind_values = np.stack([per_seq[(run, s)][0] for s in steps])  # [n_steps, n_seqs]
         icl_values = np.stack([per_seq[(run, s)][1] for s in steps])  # [n_steps, n_windows]
         # bootstraps (for CIs and lags) run only where a jump is detected
+        shape_rules = {
+            "min_r2": cfg.phase_min_r2,
+            "max_width_fraction": cfg.phase_max_width_fraction,
+            "min_plateau_points": cfg.phase_min_plateau_points,
+            "return_boot": True,
+        }
         jump, ind_boot = ind.fit_phase_change(
             steps, ind_values, cfg.n_boot, cfg.seed,
-            min_amplitude=cfg.phase_min_amplitude, min_r2=cfg.phase_min_r2, return_boot=True,
+            min_amplitude=cfg.phase_min_amplitude, **shape_rules,
         )  # fmt: skip
         icl_jump, icl_boot = ind.fit_phase_change(
             steps, icl_values, cfg.n_boot, cfg.seed + 1,
-            min_amplitude=cfg.icl_min_amplitude, min_r2=cfg.phase_min_r2, return_boot=True,
+            min_amplitude=cfg.icl_min_amplitude, **shape_rules,
         )  # fmt: skip
         curve_steps, loss = training_curve(resolved, run, steps)
         has_log = len(curve_steps) >= 5  # the bump needs a logged loss at >= 5 checkpoints
@@ -1704,7 +1746,12 @@ def induction_stage(suite: dict[str, Any], induction: dict[str, Any]):
                 if np.isfinite(ind_step) and np.isfinite(value)
                 else {"lag": nan, "ci_low": nan, "ci_high": nan}
             )
-            lag_rows.append({"run": run, "size": sizes[run], "versus": other, **lag})
+            # the training-loss bump has no bootstrap: its side is held fixed, so the CI
+            # covers only the induction (and, for the ICL jump, the ICL) midpoint's error
+            scope = "induction side only" if other == "bump" else "both sides"
+            lag_rows.append(
+                {"run": run, "size": sizes[run], "versus": other, **lag, "ci_covers": scope}
+            )
         changes.append(
             {
                 "run": run,
@@ -1751,13 +1798,15 @@ def induction_stage(suite: dict[str, Any], induction: dict[str, Any]):
     }
     formed = change_table[change_table["formed"] & change_table["jump_detected"]]
     summary = (
-        ind.phase_change_summary(formed, value="step", by="size") if len(formed) else pd.DataFrame()
+        ind.phase_change_summary(formed, value="midpoint", by="size")
+        if len(formed)
+        else pd.DataFrame()
     )
     write_parquet(out / "phase_change_summary.parquet", summary)
     size_list = resolved.suite.sizes()
     comparison = None
     if len(size_list) >= 2 and formed["size"].nunique() >= 2:
-        comparison = ind.compare_sizes(formed, a=size_list[0], b=size_list[-1])
+        comparison = ind.compare_sizes(formed, a=size_list[0], b=size_list[-1], value="midpoint")
     with atomic_path(metrics_dir() / "plots" / "induction_score.csv") as tmp:
         curves.groupby("step", as_index=False)["induction"].mean().rename(
             columns={"induction": "induction_score"}
@@ -1829,7 +1878,9 @@ def induction_stage(suite: dict[str, Any], induction: dict[str, Any]):
         "fraction_jump_detected": headline(
             float((change_table["formed"] & change_table["jump_detected"]).mean()),
             "fraction of runs that formed a head through a detected jump "
-            f"(amplitude >= {cfg.phase_min_amplitude:g}, fit r2 >= {cfg.phase_min_r2:g})",
+            f"(amplitude >= {cfg.phase_min_amplitude:g}, fit r2 >= {cfg.phase_min_r2:g}, "
+            f"10-90% rise within {cfg.phase_max_width_fraction:.0%} of the log-step range, "
+            f">= {cfg.phase_min_plateau_points} checkpoints on each plateau)",
         ),
         "best_final_induction": headline(
             float(change_table["final_induction"].max()),
@@ -1909,7 +1960,10 @@ def induction_sentence(
             f"A run *forms* an induction head when its best head ends at a prefix-matching "
             f"score >= {cfg.formed_score:g} with second-copy loss <= "
             f"{cfg.formed_copy_ratio:g} x the first-copy loss; a *jump* needs a logistic fit "
-            f"of amplitude >= {cfg.phase_min_amplitude:g} and r2 >= {cfg.phase_min_r2:g}."
+            f"of amplitude >= {cfg.phase_min_amplitude:g} and r2 >= {cfg.phase_min_r2:g}, "
+            f"a 10-90% rise within {cfg.phase_max_width_fraction:.0%} of the log-step range, "
+            f"and >= {cfg.phase_min_plateau_points} checkpoints on each plateau (a jump at "
+            "the first or last checkpoint alone is not a phase change)."
         )
     for size, part in changes.groupby("size", sort=False):
         formed = part[part["formed"] & part["jump_detected"]]
@@ -1931,9 +1985,13 @@ def induction_sentence(
             f"{np.std(logs, ddof=1) if len(logs) > 1 else float('nan'):.2f} decades)."
         )
     if comparison:
+        diff = comparison["mean_diff"]
+        when = "later" if diff > 0 else "earlier" if diff < 0 else "at the same step"
+        amount = f"{abs(diff):.0f} steps {when}" if diff else when
         parts.append(
-            f"The larger size changes {comparison['mean_diff']:+.0f} steps later on "
-            f"average (Mann–Whitney p = {comparison['mannwhitney_p']:.2g})."
+            f"The larger size's phase-change midpoint comes {amount} on average "
+            f"(Mann–Whitney p = {comparison['mannwhitney_p']:.2g}, "
+            f"{comparison['n_a']} vs {comparison['n_b']} seeds)."
         )
     return " ".join(parts)
 
@@ -1963,11 +2021,21 @@ def coincidence_sentence(changes: pd.DataFrame, coincidence: dict[str, Any] | No
             parts.append(f"Too few runs ({int(res['n']) if res else 0}) have both an induction "
                          f"jump and a {name} to test their coincidence.")  # fmt: skip
             continue
+        dropped = int(res.get("n_dropped", 0))
         parts.append(
-            f"Induction jump vs {name} over {int(res['n'])} runs: mean |lag| "
-            f"{res['matched']:.2f} log-steps in the same run vs {res['mismatched']:.2f} for "
-            f"mismatched seeds of the same size (permutation p = {res['p_value']:.2g}; "
-            f"within-size correlation r = {res['r']:.2f})."
+            f"Induction jump vs {name} over {int(res['n'])} runs"
+            + (f" ({dropped} more in sizes with a single such run, untested)" if dropped else "")
+            + f": mean |lag| {res['matched']:.2f} log-steps in the same run vs "
+            f"{res['mismatched']:.2f} for mismatched seeds of the same size (permutation p = "
+            f"{res['p_value']:.2g}; within-size correlation r = {res['r']:.2f}, permutation "
+            f"p = {res.get('r_p_value', float('nan')):.2g}; only "
+            f"{res.get('n_arrangements', float('nan')):.0f} distinct shufflings of seeds "
+            "within sizes exist, so p cannot fall below their inverse)."
+        )
+    if "bump" in (coincidence or {}):
+        parts.append(
+            "Lag CIs against the training-loss bump cover the induction side only (the "
+            "bump's own error is not resampled)."
         )
     return " ".join(parts) + missing
 

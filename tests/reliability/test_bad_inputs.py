@@ -353,6 +353,21 @@ CASES: dict[str, Case] = {
         "induction.formed_score must be in (0, 1]",
         {"induction": {"formed_score": 40}},
     ),
+    "phase-change width rule out of range": Case(
+        ["validate", "--params", "{params}"],
+        "induction.phase_max_width_fraction must be in (0, 1]",
+        {"induction": {"phase_max_width_fraction": 2}},
+    ),
+    "no checkpoints required on a plateau": Case(
+        ["validate", "--params", "{params}"],
+        "induction.phase_min_plateau_points must be positive",
+        {"induction": {"phase_min_plateau_points": 0}},
+    ),
+    "no refits for the transition error": Case(
+        ["validate", "--params", "{params}"],
+        "trajectories.n_refits must be positive",
+        {"trajectories": {"n_refits": 0}},
+    ),
     "noise quantiles not increasing": Case(
         ["validate", "--params", "{params}"],
         "trajectories.noise_quantiles must be increasing values in (0, 1)",
