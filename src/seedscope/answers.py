@@ -137,14 +137,15 @@ ANSWERS: tuple[Answer, ...] = (
         "Do capabilities that one seed has and another lacks at mid-training close by the end?",
         (
             Sentence(
-                "{n_gaps_mid.value} capability gaps between seeds are significant at "
-                "mid-training; the fraction of them closed by the final step is "
-                "{fraction_gaps_closed}."
+                "{n_gaps_mid.value} capability gaps between seeds of one size are open at "
+                "mid-training (significant after FDR control and not within the equivalence "
+                "margin); the fraction of them closed by the final step (shrank, and then "
+                "equivalent to zero within the margin) is {fraction_gaps_closed}."
             ),
         ),
         (
             Sentence(
-                "of {n_gaps_mid.value} seed gaps at mid-training, a fraction "
+                "of {n_gaps_mid.value} seed gaps open at mid-training, a fraction "
                 "{fraction_gaps_closed} closed by the end"
             ),
         ),
