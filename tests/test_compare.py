@@ -282,11 +282,25 @@ def test_figures_are_titled_and_labelled():
     labels = {r: f"{r} (seed {i})" for i, r in enumerate(lp)}
     fig = scatter_grid(lp, labels=labels, bins=40)
     axes = np.array(fig.axes[:9]).reshape(3, 3)
-    assert axes[2, 0].get_xlabel() == "log-prob under r0 (seed 0) (nats)"
-    assert axes[2, 0].get_ylabel() == "log-prob under r2 (seed 2) (nats)"
+    assert axes[2, 0].get_xlabel() == "log-prob (nats)"
+    assert axes[2, 0].get_ylabel() == "r2 (seed 2)\nlog-prob (nats)"
+    assert axes[0, 0].get_title() == "r0\n(seed 0)"  # columns named with their seed
     assert fig.get_suptitle()
     agreement = pairwise_agreement(lp, n_boot=0)
     assert agreement["pearson_low"].isna().all()
     heat = correlation_heatmap(agreement, labels=labels)
     assert "correlation" in heat.axes[0].get_title()
     assert [t.get_text() for t in heat.axes[0].get_xticklabels()] == list(labels.values())
+
+
+def test_heatmap_groups_runs_by_size_in_their_colours():
+    lp = _runs(noise_sd=0.5, n=4)
+    labels = {r: f"{r} (seed {i})" for i, r in enumerate(lp)}
+    sizes = {"r0": "big", "r1": "small", "r2": "big", "r3": "small"}
+    colors = {"r0": "red", "r1": "blue", "r2": "green", "r3": "black"}
+    heat = correlation_heatmap(pairwise_agreement(lp, n_boot=0), "pearson", labels, sizes, colors)
+    ticks = heat.axes[0].get_yticklabels()
+    assert [t.get_text() for t in ticks] == [labels[r] for r in ("r0", "r2", "r1", "r3")]
+    assert [t.get_color() for t in ticks] == ["red", "green", "blue", "black"]
+    blocks = [p for p in heat.axes[0].patches if not p.get_fill()]
+    assert [(b.get_xy(), b.get_width()) for b in blocks] == [((0, 0), 2), ((2, 2), 2)]

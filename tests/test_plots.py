@@ -10,7 +10,15 @@ import pandas as pd
 import pytest
 from matplotlib.colors import to_rgb
 
-from seedscope.plots import plot_curves, register_figure, run_colors, save_figure
+from seedscope.plots import (
+    SAVE_DPI,
+    figure_problems,
+    plot_curves,
+    register_figure,
+    run_colors,
+    save_figure,
+    smallest_text_pt,
+)
 
 RUNS = [f"{size}-s{seed}" for size in ("small", "medium") for seed in range(5)]
 
@@ -58,6 +66,8 @@ def test_figures_are_byte_identical_and_registered(tmp_path, monkeypatch):
     def draw():
         fig, ax = plt.subplots()
         ax.plot([1, 2, 3], [3, 1, 2])
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss (nats)")
         return fig
 
     save_figure(draw(), tmp_path / "a.png")
@@ -73,5 +83,81 @@ def test_figures_are_byte_identical_and_registered(tmp_path, monkeypatch):
         "stage": "loss_pca",
         "notebook": "notebooks/07_loss_pca.ipynb",
         "key": False,
+        "problems": [],
     }
     assert path.endswith("demo.png")
+
+    fig, ax = plt.subplots()
+    ax.plot([1, 2, 3], [3, 1, 2])
+    register_figure(fig, "loss_pca", "bare", "Unlabelled", "seedscope.pca.demo")
+    index = json.loads((tmp_path / "figures" / "loss_pca" / "index.json").read_text())
+    assert index["bare"]["problems"] == ["axes 0: no x label", "axes 0: no y label"]
+
+
+def test_figure_problems_finds_missing_titles_and_labels():
+    fig, ax = plt.subplots()
+    ax.plot([1, 2], [1, 2])
+    assert figure_problems(fig) == ["no title", "axes 0: no x label", "axes 0: no y label"]
+    ax.set_title("t")
+    ax.set_xlabel("step")
+    fig.supylabel("loss (nats)")  # a figure-level label serves every panel
+    assert figure_problems(fig) == []
+    plt.close(fig)
+
+    # a grid: inner panels take the label of their column (x) / row (y)
+    fig, axes = plt.subplots(2, 2)
+    for ax in axes.flat:
+        ax.plot([1, 2], [1, 2])
+    fig.suptitle("grid")
+    axes[1, 0].set_xlabel("a")
+    axes[0, 0].set_ylabel("b")
+    axes[1, 0].set_ylabel("c")
+    assert figure_problems(fig) == ["axes 1: no x label", "axes 3: no x label"]  # column 2
+    axes[1, 1].set_xlabel("d")
+    assert figure_problems(fig) == []
+    image = axes[0, 0].imshow([[0, 1]])
+    bar = fig.colorbar(image, ax=axes[0, 0])
+    assert figure_problems(fig) == ["<colorbar>: colour bar without a label"]
+    bar.set_label("value")
+    assert figure_problems(fig) == []
+    plt.close(fig)
+
+
+def test_smallest_text_scales_with_the_page_width():
+    fig, ax = plt.subplots(figsize=(800 / SAVE_DPI, 4))  # as wide as the page: no scaling
+    ax.set_title("t", fontsize=12)
+    ax.set_xlabel("x", fontsize=10)
+    ax.set_ylabel("y", fontsize=10)
+    ax.tick_params(labelsize=8)
+    ax.plot([1, 2], [1, 2])
+    # 8 pt on the PNG at SAVE_DPI is 8 * SAVE_DPI / 72 px = 0.75 * that in CSS pt
+    assert smallest_text_pt(fig) == pytest.approx(8 * SAVE_DPI / 72 * 0.75)
+    fig.set_figwidth(1600 / SAVE_DPI)  # twice as wide: shown at half size
+    assert smallest_text_pt(fig) == pytest.approx(8 * SAVE_DPI / 72 * 0.75 / 2)
+    plt.close(fig)
+
+
+def test_analysis_figures_are_titled_labelled_and_readable():
+    """Every figure compare.py and pca.py draw for a stage: a title, every axis labelled, and
+    (the large grids) text >= 9 pt at the book's page width."""
+    import numpy as np
+
+    from seedscope import compare
+
+    rng = np.random.default_rng(0)
+    shared = rng.normal(-3, 1, (40, 50))
+    runs = [f"{size}-s{seed}" for size in ("small", "medium") for seed in range(5)]
+    lp = {r: shared + rng.normal(0, 0.3, shared.shape) for r in runs}
+    labels = {r: f"{r} (seed {r[-1]})" for r in runs}
+    sizes = {r: r.split("-")[0] for r in runs}
+    agreement = compare.pairwise_agreement(lp, n_boot=0, sizes=sizes)
+    figures = {
+        "scatter grid (one size)": compare.scatter_grid(lp, runs[:5], labels),
+        "heatmap": compare.correlation_heatmap(agreement, "pearson", labels, sizes),
+    }
+    for name, fig in figures.items():
+        assert figure_problems(fig) == [], name
+        assert smallest_text_pt(fig) >= 9, name
+    over_time = agreement.assign(step=100)
+    fig = compare.agreement_over_training_plot(pd.concat([over_time, agreement.assign(step=10)]))
+    assert figure_problems(fig) == []

@@ -18,6 +18,7 @@ import pandas as pd
 import scipy.stats
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from seedscope.errors import SeedscopeError
 from seedscope.stats import (
@@ -660,26 +661,44 @@ def scatter_grid(
     labels: Mapping[str, str] | None = None,
     bins: int = 150,
     clip_quantile: float = 0.001,
+    colors: Mapping[str, object] | None = None,
+    title: str = "",
 ) -> Figure:
-    """All pairs of runs as 2-D histograms of per-token log-probs (log colour scale, identity
-    line), lower triangle; run histograms on the diagonal; Pearson r in the upper triangle.
-    Readable at 1M tokens. `labels`: run -> display label (name with seed)."""
+    """Pairs of `runs` as 2-D histograms of per-token log-probs (log colour scale, identity
+    line), lower triangle; each run's histogram on the diagonal (in its colour, `colors`:
+    run -> colour, default `seedscope.plots.run_colors(runs)`); Pearson r in the upper
+    triangle. Readable at 1M tokens. `labels`: run -> display label (name with seed).
+
+    Meant for the runs of one size (up to ~6: text stays >= 9 pt at the book's page width);
+    all pairs of a larger suite read better as `correlation_heatmap`."""
+    from matplotlib.ticker import MaxNLocator
+
+    from seedscope.plots import run_colors
+
     runs = list(runs or logprobs)
     check_logprobs({r: logprobs[r] for r in runs}, min_runs=2)
+    colors = colors or run_colors(runs)
     valid = common_valid({r: logprobs[r] for r in runs})
     data = {r: np.asarray(logprobs[r], dtype=np.float64)[valid] for r in runs}
     lo = min(float(np.quantile(v, clip_quantile)) for v in data.values())
     hi = max(float(v.max()) for v in data.values())
+    # no finer than ~4 tokens per bin along one run's histogram (a few thousand tokens would
+    # otherwise scatter into single-token bins)
+    bins = int(min(bins, max(20, np.sqrt(int(valid.sum())) / 2)))
     edges = np.linspace(lo, hi, bins + 1)
     n = len(runs)
-    fig = Figure(figsize=(2.3 * n + 1, 2.3 * n), layout="constrained")
-    axes = fig.subplots(n, n, squeeze=False)
+    side = min(1.6, 6.6 / n)  # panel size (in): the whole grid fits the page width
+    fig = Figure(figsize=(side * n + 2.2, side * n + 1.2), layout="constrained")
+    axes = fig.subplots(n, n, squeeze=False, sharex=True)
     mesh = None
     for i, ri in enumerate(runs):
         for j, rj in enumerate(runs):
             ax = axes[i, j]
+            ax.tick_params(labelsize=10)
+            ax.xaxis.set_major_locator(MaxNLocator(3))
+            ax.yaxis.set_major_locator(MaxNLocator(3))
             if i == j:
-                ax.hist(np.clip(data[ri], lo, hi), bins=edges, color="0.4")
+                ax.hist(np.clip(data[ri], lo, hi), bins=edges, color=colors[ri])
                 ax.set_yticks([])
             elif i > j:
                 hist, _, _ = np.histogram2d(data[rj], data[ri], bins=[edges, edges])
@@ -687,50 +706,102 @@ def scatter_grid(
                     edges, edges, hist.T, norm=LogNorm(vmin=1), cmap="viridis", rasterized=True
                 )
                 ax.plot([lo, hi], [lo, hi], color="red", lw=0.8, ls="--")
+                ax.set_ylim(lo, hi)
+                if j > 0:
+                    ax.tick_params(labelleft=False)
             else:
                 r = float(np.corrcoef(data[ri], data[rj])[0, 1])
-                ax.text(0.5, 0.5, f"r = {r:.3f}", ha="center", va="center", fontsize=11)
+                ax.text(
+                    0.5,
+                    0.5,
+                    f"r = {r:.3f}",
+                    ha="center",
+                    va="center",
+                    fontsize=11,
+                    transform=ax.transAxes,
+                )
                 ax.set_axis_off()
-            if i == n - 1:
-                ax.set_xlabel(f"log-prob under {_label(labels, rj)} (nats)", fontsize=8)
-            if j == 0 and i != 0:
-                ax.set_ylabel(f"log-prob under {_label(labels, ri)} (nats)", fontsize=8)
+            if i == 0:
+                # two lines ("name" / "(seed N)"): five labels side by side fit the page
+                head = _label(labels, rj).replace(" (", "\n(", 1)
+                ax.set_title(head, fontsize=10, color=colors[rj])
+            if i < n - 1:
+                ax.tick_params(labelbottom=False)
+            else:
+                ax.set_xlabel("log-prob (nats)", fontsize=10)
+            if j == 0:
+                what = "tokens" if i == 0 else "log-prob (nats)"
+                ax.set_ylabel(f"{_label(labels, ri)}\n{what}", fontsize=10, color=colors[ri])
     if mesh is not None:
-        fig.colorbar(mesh, ax=axes, shrink=0.6, label="tokens per bin (log scale)")
-    fig.suptitle(f"Per-token log-probs, every pair of runs ({int(valid.sum()):,} tokens)")
+        bar = fig.colorbar(mesh, ax=axes, shrink=0.6)
+        bar.set_label("tokens per bin (log scale)", fontsize=10)
+        bar.ax.tick_params(labelsize=10)
+    fig.suptitle(
+        title or f"Per-token log-probs, pairs of runs ({int(valid.sum()):,} tokens)", fontsize=12
+    )
     return fig
 
 
 def correlation_heatmap(
-    agreement: pd.DataFrame, method: str = "pearson", labels: Mapping[str, str] | None = None
+    agreement: pd.DataFrame,
+    method: str = "pearson",
+    labels: Mapping[str, str] | None = None,
+    sizes: Mapping[str, str] | None = None,
+    colors: Mapping[str, object] | None = None,
 ) -> Figure:
-    """Heatmap of `pairwise_agreement` correlations (`method`: 'pearson' or 'spearman')."""
+    """Heatmap of `pairwise_agreement` correlations (`method`: 'pearson' or 'spearman'), every
+    pair of runs. `sizes` (run -> size): runs grouped by size, blocks outlined, so the
+    within-size (seed) blocks sit on the diagonal and cross-size pairs off it. `colors`: run
+    -> colour of its tick label (the run's colour in every figure)."""
     import seaborn as sns
 
     if method not in agreement.columns:
         raise SeedscopeError(f"No column {method!r} in the table.", "use pearson or spearman.")
     runs = list(dict.fromkeys([*agreement["run_a"], *agreement["run_b"]]))
+    groups = size_groups(runs, sizes) if sizes else {"": runs}
+    runs = [r for members in groups.values() for r in members]
     mat = pd.DataFrame(np.eye(len(runs)), index=runs, columns=runs)
     for a, b, v in agreement[["run_a", "run_b", method]].itertuples(index=False):
         mat.loc[a, b] = mat.loc[b, a] = v
     names = [_label(labels, r) for r in runs]
     mat.index, mat.columns = names, names
-    fig = Figure(figsize=(1.0 * len(runs) + 3, 0.9 * len(runs) + 2), layout="constrained")
+    n = len(runs)
+    fig = Figure(figsize=(0.55 * n + 3.6, 0.5 * n + 2.2), layout="constrained")
     ax = fig.subplots()
-    off = mat.to_numpy()[~np.eye(len(runs), dtype=bool)]
+    off = mat.to_numpy()[~np.eye(n, dtype=bool)]
     sns.heatmap(
         mat,
         annot=True,
         fmt=".3f",
+        annot_kws={"fontsize": 10},
         cmap="mako",
         ax=ax,
         vmin=float(off.min()),
         vmax=1,
         cbar_kws={"label": f"{method.capitalize()} r of per-token log-probs"},
     )
-    ax.set_title(f"{method.capitalize()} correlation of per-token log-probs between runs")
-    ax.set_xlabel("run")
-    ax.set_ylabel("run")
+    ax.collections[0].colorbar.ax.tick_params(labelsize=10)
+    ax.tick_params(labelsize=10)
+    if sizes:
+        start = 0
+        for members in groups.values():
+            ax.add_patch(
+                Rectangle(
+                    (start, start), len(members), len(members), fill=False, ec="white", lw=2.5
+                )
+            )
+            start += len(members)
+    if colors:
+        for tick in [*ax.get_xticklabels(), *ax.get_yticklabels()]:
+            run = runs[names.index(tick.get_text())]
+            tick.set_color(colors[run])
+    what = "runs grouped by size, seed pairs in the outlined blocks" if sizes else "runs"
+    ax.set_title(
+        f"{method.capitalize()} correlation of per-token log-probs between runs\n({what})",
+        fontsize=11,
+    )
+    ax.set_xlabel("run (name and seed)", fontsize=10)
+    ax.set_ylabel("run (name and seed)", fontsize=10)
     return fig
 
 

@@ -30,12 +30,79 @@ def size_colors(sizes: Sequence[str]) -> dict[str, tuple[float, float, float]]:
     return {size: palette[i] for i, size in enumerate(sizes)}
 
 
+# Saved PNG resolution, and the width (CSS px) at which the book shows a figure: a wider image
+# is scaled down to it, a narrower one is shown at its own size.
+SAVE_DPI = 110
+PAGE_WIDTH_PX = 800
+
+
+def figure_problems(fig) -> list[str]:  # type: ignore[no-untyped-def]
+    """What a reader would miss on `fig`: no title (figure or axes), or an axis with ticks but
+    no label. An axis may take its label from the figure (`supxlabel`/`supylabel`) or from
+    another panel in the same grid column (x) or row (y); a colour bar needs a label on its
+    long axis. Empty list = titled and labelled."""
+    titled = bool(fig._suptitle and fig._suptitle.get_text()) or any(
+        ax.get_title(loc) for ax in fig.axes for loc in ("left", "center")
+    )
+    problems = [] if titled else ["no title"]
+    panels = [ax for ax in fig.axes if ax.get_visible() and ax.axison]
+
+    def axis_of(ax, which: str):  # type: ignore[no-untyped-def]
+        return ax.xaxis if which == "x" else ax.yaxis
+
+    def span(ax, which: str) -> tuple[int, ...] | None:  # type: ignore[no-untyped-def]
+        spec = ax.get_subplotspec()
+        if spec is None:
+            return None
+        spec = spec.get_topmost_subplotspec()  # a colour bar nests its panel's cell
+        return tuple(spec.colspan if which == "x" else spec.rowspan)
+
+    def labelled(ax, which: str) -> bool:  # type: ignore[no-untyped-def]
+        sup = fig._supxlabel if which == "x" else fig._supylabel
+        if axis_of(ax, which).get_label_text() or (sup is not None and sup.get_text()):
+            return True
+        mine = span(ax, which)
+        return mine is not None and any(
+            span(o, which) == mine and axis_of(o, which).get_label_text() for o in panels
+        )
+
+    for i, ax in enumerate(panels):
+        name = ax.get_label() or f"axes {i}"
+        if hasattr(ax, "_colorbar"):
+            if not (ax.get_ylabel() or ax.get_xlabel()):
+                problems.append(f"{name}: colour bar without a label")
+            continue
+        for which in ("x", "y"):
+            if len(axis_of(ax, which).get_ticklocs()) and not labelled(ax, which):
+                problems.append(f"{name}: no {which} label")
+    return problems
+
+
+def smallest_text_pt(fig, page_width_px: int = PAGE_WIDTH_PX) -> float:  # type: ignore[no-untyped-def]
+    """The smallest visible text on `fig` in points as a reader sees it when the book shows the
+    saved PNG (`SAVE_DPI`) at most `page_width_px` CSS pixels wide (96 px = 72 pt)."""
+    from matplotlib.text import Text
+
+    fig.draw_without_rendering()
+    width_px = fig.get_figwidth() * SAVE_DPI
+    scale = min(1.0, page_width_px / width_px)
+    sizes = [
+        t.get_fontsize()
+        for t in fig.findobj(Text)
+        if t.get_visible() and t.get_text().strip() and t.figure is not None
+    ]
+    # a point on the PNG is SAVE_DPI / 72 px; a CSS pixel is 0.75 pt
+    return min(sizes) * SAVE_DPI / 72 * scale * 0.75 if sizes else float("inf")
+
+
 def save_figure(fig, path) -> None:  # type: ignore[no-untyped-def]
     """Save a figure as PNG with no volatile metadata (identical bytes on rerun), atomically."""
     from seedscope.io import atomic_path
 
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+        fig.savefig(
+            tmp, format="png", dpi=SAVE_DPI, bbox_inches="tight", metadata={"Software": None}
+        )
 
 
 def register_figure(
@@ -50,7 +117,8 @@ def register_figure(
 
     `figures/<stage>/index.json` maps each figure to its title, the package function that
     computed it, the notebook and the stage — the report's "reproduce this figure" table.
-    `key=True` marks the stage's headline figure (its thumbnail on the report page).
+    `key=True` marks the stage's headline figure (its thumbnail on the report page);
+    `problems` lists what `figure_problems` finds missing (axis labels), empty when none.
     """
     import matplotlib.pyplot as plt
 
@@ -62,6 +130,7 @@ def register_figure(
     path = folder / f"{name}.png"
     if not fig.axes or not any(ax.get_title() or fig._suptitle for ax in fig.axes):
         fig.suptitle(title)
+    problems = figure_problems(fig)
     save_figure(fig, path)
     plt.close(fig)
     index_path = folder / "index.json"
@@ -73,6 +142,7 @@ def register_figure(
         "stage": stage,
         "notebook": f"notebooks/{STAGES[stage].notebook}.ipynb",
         "key": key,
+        "problems": problems,
     }
     write_json(index_path, index)
     return str(path)

@@ -226,7 +226,7 @@ def agreement_analysis(
     from seedscope import compare
     from seedscope.io import write_parquet
     from seedscope.losses import load_logprobs
-    from seedscope.plots import register_figure
+    from seedscope.plots import register_figure, run_colors
 
     out = results_dir() / stage
     tokens, meta = load_eval_data()
@@ -295,23 +295,32 @@ def agreement_analysis(
         write_parquet(out / f"size_gaps_{suffix}.parquet", size_gaps)
         result["size_gaps"] = size_gaps
 
+    # The key figure: every pair at once, runs grouped by size; then each size's seed pairs
+    # as a scatter grid large enough to read (one grid of all pairs would not be).
+    colors = run_colors(runs)
     result["figures"] = [
         register_figure(
-            compare.scatter_grid(logprobs, labels=labels),
-            stage,
-            f"scatter_grid_{suffix}",
-            f"Per-token log-probs of every pair of runs at step {step}",
-            "seedscope.compare.scatter_grid",
-            key=(stage == "loss_correlation"),
-        ),
-        register_figure(
-            compare.correlation_heatmap(agreement, "pearson", labels),
+            compare.correlation_heatmap(agreement, "pearson", labels, sizes, colors),
             stage,
             f"pearson_heatmap_{suffix}",
-            f"Pearson correlation of per-token log-probs, step {step}",
+            f"Pearson correlation of per-token log-probs, every pair of runs, step {step}",
             "seedscope.compare.correlation_heatmap",
-        ),
+            key=(stage == "loss_correlation"),
+        )
     ]
+    for size, members in compare.size_groups(runs, sizes).items():
+        if len(members) < 2:
+            continue
+        title = f"Per-token log-probs, pairs of {size} runs (seeds), step {step}"
+        result["figures"].append(
+            register_figure(
+                compare.scatter_grid(logprobs, members, labels, colors=colors, title=title),
+                stage,
+                f"scatter_grid_{''.join(c if c.isalnum() else '_' for c in size)}_{suffix}",
+                title,
+                "seedscope.compare.scatter_grid",
+            )
+        )
     if len(enrich):
         result["figures"].append(
             register_figure(
