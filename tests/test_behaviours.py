@@ -355,6 +355,7 @@ def test_language_mass_and_induction_losses():
         "accuracy",
         "accuracy_summed",
         "accuracy_per_token",
+        "accuracy_pmi",
         "margin",
         "induction_gain",
         "first_copy_loss",
@@ -413,6 +414,72 @@ def test_summed_and_per_token_scoring_disagree_on_a_hand_built_item():
     assert np.isnan(cmp.loc[0, "accuracy_summed_shortest"])
     text = bh.scoring_sentence(cmp, "per_token")
     assert "per-token-normalised" in text and "disagree on 50%" in text
+
+
+def test_pmi_scoring_is_right_where_summed_and_per_token_are_both_fooled():
+    """Surface-form competition (Holtzman et al. 2021) on a hand-built bigram model: prompt
+    'ab', correct 'xy' vs wrong 'z'. 'z' is frequent everywhere (-0.5 nats after the
+    prompt, -0.2 after the neutral prompt 'n'); 'x' is rare (-5) but the prompt raises it to
+    -2, and 'y' follows 'x' at -0.5 in any context. Summed: -2.5 < -0.5 (wrong); per token:
+    -1.25 < -0.5 (wrong); PMI: (-2.5) - (-5.5) = +3 > -0.5 - (-0.2) = -0.3 (right)."""
+    tok = char_tokenizer(["abnxyz"])
+    vocab = tok.get_vocab()
+    v = len(vocab)
+
+    def row(target_logp: dict[str, float]) -> torch.Tensor:
+        logits = torch.full((v,), 0.0)
+        rest = 1 - sum(math.exp(x) for x in target_logp.values())
+        others = v - len(target_logp)
+        for ch, lp in target_logp.items():
+            logits[vocab[ch]] = lp - math.log(rest / others)
+        return logits
+
+    table = torch.zeros(v, v)
+    table[vocab["b"]] = row({"x": -2.0, "z": -0.5})  # after the prompt
+    table[vocab["n"]] = row({"x": -5.0, "z": -0.2})  # after the neutral prompt
+    table[vocab["x"]] = row({"y": -0.5})
+    model = FixedLogits(table)
+    item = bh.ProbeItem("memorised", "ab", "xy", ("z",))
+    out = bh.score_items(model, tok, [item], scoring="pmi", neutral_prompt="n")
+    assert out.loc[0, "logp_options"] == pytest.approx([-2.5, -0.5], abs=1e-5)
+    assert out.loc[0, "logp_options_neutral"] == pytest.approx([-5.5, -0.2], abs=1e-5)
+    assert out.loc[0, "logp_options_pmi"] == pytest.approx([3.0, -0.3], abs=1e-5)
+    assert not out.loc[0, "correct_summed"] and not out.loc[0, "correct_per_token"]
+    assert out.loc[0, "correct_pmi"] and out.loc[0, "correct"]
+    assert out.loc[0, "margin"] == pytest.approx(3.3, abs=1e-5)
+    # the same model with the prompt adding nothing (prompt ends like the neutral one):
+    # PMI is 0 for both options, a tie, so no option wins (not a spurious 'right')
+    tied = bh.score_items(model, tok, [bh.ProbeItem("memorised", "an", "xy", ("z",))],
+                          scoring="pmi", neutral_prompt="n")  # fmt: skip
+    assert tied.loc[0, "logp_options_pmi"] == pytest.approx([0.0, 0.0], abs=1e-5)
+    assert not tied.loc[0, "correct_pmi"]
+    with pytest.raises(SeedscopeError, match="neutral prompt"):
+        bh.score_items(model, tok, [item], neutral_prompt="")
+
+
+def test_scoring_sentence_states_the_headline_length_bias():
+    """Planted: per-token right on all 4 items whose correct option is the longest and on 1
+    of 4 where it is the shortest (+75 points toward long); PMI 3/4 on both (no gap)."""
+    frame = pd.DataFrame(
+        {
+            "behaviour": "facts",
+            "step": 60,
+            "option_tokens": [[3, 1]] * 4 + [[1, 3]] * 4,
+            "correct_summed": [False] * 4 + [True] * 4,
+            "correct_per_token": [True] * 4 + [True, False, False, False],
+            "correct_pmi": [True, True, True, False] * 2,
+        }
+    )
+    cmp = bh.scoring_comparison(frame)
+    text = bh.scoring_sentence(cmp, "per_token")
+    assert (
+        "the headline (per_token) scoring is right 75% more often when the correct option "
+        "is the longest" in text
+    )
+    assert "the smallest such gap is pmi's (+0%)" in text
+    assert "longest" in bh.scoring_sentence(cmp.assign(step=0), "summed")
+    text = bh.scoring_sentence(cmp, "summed")
+    assert "right 100% more often when the correct option is the shortest" in text
 
 
 def test_english_items_share_clusters_by_entity_and_acronym():
@@ -610,16 +677,43 @@ def test_emergence_summary_counts_censored_runs_per_size():
     # censored at 600 (after every event): KM = ordinary median over 5 with 2 at +inf
     assert small["km_median"] == 500
     assert small["range"] == 400 and small["min"] == 100
-    assert small["mean"] == pytest.approx(300)
-    import scipy.stats
-
-    half = scipy.stats.t.ppf(0.975, 2) * 200 / np.sqrt(3)
-    assert small["t_low"] == pytest.approx(300 - half)
+    # 2 runs censored: a mean / sd / t-interval over the 3 emerged runs would be conditional
+    # on emerging (biased early), so none is given
+    assert np.isnan(small[["mean", "sd", "t_low", "t_high"]].astype(float)).all()
     medium = out.loc["medium"]
     assert medium["emerged"] == "2/2 runs" and medium["km_median"] == 100
     assert medium["sd"] == 0 and medium["t_low"] == medium["t_high"] == 100
+    complete = bh.emergence_summary(emergence.assign(emergence_step=[100, 200, 300, 400, 500,
+                                                                     100, 100]))  # fmt: skip
+    small = complete.set_index("size").loc["small"]
+    import scipy.stats
+
+    half = scipy.stats.t.ppf(0.975, 4) * np.std([100, 200, 300, 400, 500], ddof=1) / np.sqrt(5)
+    assert small["mean"] == 300 and small["t_low"] == pytest.approx(300 - half)
     text = bh.emergence_sentence(out.reset_index(), 0.6)
     assert "facts 3/5 runs (median step 500)" in text and "0.6" in text
+    assert "options" not in text  # no option counts given: no caveat
+    text = bh.emergence_sentence(out.reset_index(), 0.7, {"capitalisation": 2, "facts": 4})
+    assert "sd 0.71 with 2 options (capitalisation) but 0.56 with 4" in text
+
+
+def test_item_score_sd_by_option_count_matches_simulation():
+    """At the same true chance-normalised score, one item's score is noisier with fewer
+    options (variance 0.51 with 2 options vs 0.31 with 4 at 0.7), checked by simulation;
+    so the CI lower bound of a 2-option behaviour crosses a threshold later."""
+    rng = np.random.default_rng(0)
+    for k, var in ((2, 0.51), (4, 0.31)):
+        chance = 1 / k
+        correct = rng.random(200_000) < chance + 0.7 * (1 - chance)
+        score = (correct - chance) / (1 - chance)
+        assert bh.item_score_sd(0.7, k) ** 2 == pytest.approx(var, abs=0.005)
+        assert score.std() == pytest.approx(bh.item_score_sd(0.7, k), abs=0.005)
+    # the consequence: 60 items at true score 0.7, CI lower bound lower with 2 options
+    lows = {}
+    for k in (2, 4):
+        frames = item_frames({0: 1 / k + 0.7 * (1 - 1 / k)}, ["r"], 60, 3, n_options=k)
+        lows[k] = bh.summarise(frames, n_boot=500).query("metric == 'score'")["ci_low"].iloc[0]
+    assert lows[2] < lows[4]
 
 
 # --------------------------------------------------------------------------- final scores
@@ -713,7 +807,12 @@ def test_identical_twin_runs_give_identical_emergence_and_zero_spread():
         table, mid_step=100, final_step=300, item_scores=frames, n_boot=200
     )
     assert (mid_final[["sd_change_low", "sd_change_high"]] == 0).all().all()
-    numeric = mid_final.select_dtypes("number")
+    # 2 seeds can never detect a drop of the seed sd: NaN, and the sentence says so
+    assert mid_final["detectable_ratio"].isna().all()
+    assert "with 2 seeds the paired CI cannot exclude 0" in bh.mid_final_sentence(mid_final)
+    numeric = mid_final.select_dtypes("number").drop(
+        columns=["detectable_ratio", "detectable_change"]
+    )
     assert np.isfinite(numeric.to_numpy()).all()
     assert (mid_final[["sd_mid", "sd_final", "sd_change", "range_mid"]] == 0).all().all()
     sizes = {r.name: r.size for r in suite.runs}
@@ -754,7 +853,7 @@ def test_behaviours_params_validate_threshold_and_scoring():
         from_section(BehavioursParams, {"score_threshold": 1.2}, "behaviours")
     with pytest.raises(SeedscopeError, match="score_threshold"):
         from_section(BehavioursParams, {"threshold": 0.8}, "behaviours")
-    with pytest.raises(SeedscopeError, match="scoring must be 'per_token' or 'summed'"):
+    with pytest.raises(SeedscopeError, match="scoring must be 'per_token', 'summed' or 'pmi'"):
         from_section(BehavioursParams, {"scoring": "mean"}, "behaviours")
 
 
@@ -815,3 +914,49 @@ def test_seed_spread_change_ci_planted_convergence():
     assert out["size"] == "all" and out["n_runs"] == 8
     assert out["sd_change"] < 0
     assert out["sd_change_low"] < out["sd_change"] < out["sd_change_high"] < 0
+    ratio = bh.detectable_sd_ratio(8, 500, seed=0)
+    assert out["detectable_ratio"] == ratio and 0 < ratio < 1
+    assert out["detectable_change"] == pytest.approx(-out["sd_mid"] * (1 - ratio))
+    text = bh.mid_final_sentence(pd.DataFrame([out]))
+    assert (
+        f"with 8 seeds the paired CI excludes 0 with 80% power only when the seed sd falls "
+        f"to {ratio:.0%}" in text
+    )
+    assert "Of 1 behaviour x size cells, 1 have a CI below 0" in text
+
+
+def _convergence_power(n_runs, ratio, n_sims, binomial=False, n_items=100, seed=0):
+    """Fraction of simulated designs whose paired Multi-Bootstrap CI of sd_final - sd_mid
+    (`multi_bootstrap_items` with one seed for both checkpoints, as in
+    `seed_spread_mid_vs_final`) lies below 0, when the seed sd falls from 0.15 to
+    0.15 * ratio. binomial=False: item scores = item base + run offset (no item noise);
+    True: each item right with that probability (the referee's simulation)."""
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(0.3, 0.7, n_items)
+    clusters = [f"c{i // 2}" for i in range(n_items)]
+    hits = 0
+    for s in range(n_sims):
+        grids = []
+        for sd, shift in ((0.15, 0.0), (0.15 * ratio, 0.15)):
+            p = base + shift + rng.normal(0, sd, n_runs)[:, None]
+            grids.append((rng.random(p.shape) < np.clip(p, 0, 1)).astype(float) if binomial
+                         else p)  # fmt: skip
+        reps = [bh.multi_bootstrap_items(g, clusters, 200, s)["sd_reps"] for g in grids]
+        hits += np.percentile(reps[1] - reps[0], 97.5) < 0
+    return hits / n_sims
+
+
+def test_five_seed_power_matches_the_detectable_ratio():
+    """With 5 seeds the mid-vs-final CI is nearly powerless, and `detectable_sd_ratio` says
+    how much: at its ratio the real procedure detects the drop ~80% of the time, at half the
+    drop (ratio 0.5) rarely, with no drop about as often as its 2.5% tail; item noise (100
+    binary items) lowers power further (the referee's 5x convergence: ~9%). 2 seeds can
+    never detect it."""
+    ratio = bh.detectable_sd_ratio(5, 200)
+    assert 0.05 < ratio < 0.3
+    assert 0.65 <= _convergence_power(5, ratio, 150) <= 0.95
+    assert _convergence_power(5, 0.5, 150) < 0.4
+    assert _convergence_power(5, 1.0, 150) <= 0.1
+    assert _convergence_power(5, 0.2, 100, binomial=True) < 0.3
+    assert np.isnan(bh.detectable_sd_ratio(2, 200))
+    assert bh.detectable_sd_ratio(10, 200) > ratio  # more seeds detect a smaller drop

@@ -85,13 +85,35 @@ def test_headline_metrics_are_sane(smoke_project):
     beh = _metrics(smoke_project, "behaviours")
     from seedscope.stage_params import BEHAVIOURS
 
+    beh_details = _details(smoke_project, "behaviours")["details"]
+    items = pd.read_parquet(smoke_project / "results" / "behaviours" / "item_scores.parquet")
+    final_items = items[items["step"] == items["step"].max()]
+    sizes = {r["name"]: r["size"] for r in json.loads(
+        (smoke_project / "results" / "manifest.json").read_text())["runs"]}  # fmt: skip
+    seed_sds = []
     for behaviour in BEHAVIOURS:
         for size in ("small", "medium"):  # per size, never pooled
             entry = beh[f"{behaviour}_final_score_{size}"]
             assert {"value", "ci_low", "ci_high"} <= set(entry), (behaviour, size)
-            assert entry["ci_low"] <= entry["ci_high"]
-            assert beh[f"{behaviour}_emerged_runs_{size}"]["value"] in (0, 1, 2)
-    assert beh["final_score_seed_sd"]["value"] >= 0
+            assert entry["ci_low"] <= entry["value"] <= entry["ci_high"], (behaviour, size)
+            # recomputed from the item scores: mean over this size's seeds of each run's mean
+            part = final_items[(final_items["behaviour"] == behaviour)
+                               & final_items["run"].map(sizes).eq(size)]  # fmt: skip
+            run_means = part.groupby("run")["score"].mean()
+            assert len(run_means) == 2
+            assert entry["value"] == pytest.approx(run_means.mean(), abs=1e-6), (behaviour, size)
+            seed_sds.append(run_means.std(ddof=1))
+            emerged = [r["emerged"] for r in beh_details["emergence"]
+                       if r["behaviour"] == behaviour and r["size"] == size]  # fmt: skip
+            assert len(emerged) == 2
+            assert beh[f"{behaviour}_emerged_runs_{size}"]["value"] == sum(emerged)
+        # planted: the corpus ends every planted sentence with its mark, and both trained
+        # sizes learn it (the smoke profile is deterministic: 1.0 in both)
+        if behaviour == "punctuation":
+            for size in ("small", "medium"):
+                assert beh[f"punctuation_final_score_{size}"]["ci_low"] > 0.5
+                assert beh[f"punctuation_emerged_runs_{size}"]["value"] == 2
+    assert beh["final_score_seed_sd"]["value"] == pytest.approx(np.mean(seed_sds), abs=1e-6)
     traj = _metrics(smoke_project, "trajectories")
     for key in ("s_fraction_difference", "s_fraction_difference_matched"):
         assert traj[key]["ci_low"] <= traj[key]["value"] <= traj[key]["ci_high"], key

@@ -20,7 +20,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -705,11 +705,15 @@ def _forward_logits(model: Any, ids: torch.Tensor, mask: torch.Tensor) -> torch.
     return logits.float()
 
 
-SCORINGS: tuple[str, ...] = ("per_token", "summed")
+SCORINGS: tuple[str, ...] = ("per_token", "summed", "pmi")
+# the neutral context of the 'pmi' scoring: a document boundary (GPT-2, Pythia and the
+# planted tokenizer all have it)
+NEUTRAL_PROMPT = "<|endoftext|>"
 
 
 def check_scoring(scoring: str) -> str:
-    """Validate a scoring name: 'per_token' (mean log-prob per option token) or 'summed'."""
+    """Validate a scoring name: 'per_token' (mean log-prob per option token), 'summed' or
+    'pmi' (summed log-prob given the prompt minus given a neutral prompt)."""
     if scoring not in SCORINGS:
         raise SeedscopeError(
             f"Unknown scoring {scoring!r}.{closest(str(scoring), SCORINGS)}",
@@ -726,21 +730,31 @@ def score_items(
     device: str = "cpu",
     language_map: Mapping[str, np.ndarray] | None = None,
     scoring: str = "per_token",
+    neutral_prompt: str = NEUTRAL_PROMPT,
 ) -> pd.DataFrame:
     """Score every option of every item by the model's log-prob; one row per item.
 
     Each option gets two scores: summed, `sum_t log p(option token t | prompt, option tokens
     < t)`, and per-token, that sum over the option's token count. The summed score favours
     short options (every extra token costs log-prob), so options of unequal token length are
-    compared fairly only per token; `scoring` picks which one fills `correct`/`margin` (the
-    headline), both are kept. The prompt and option are encoded separately and concatenated
+    compared fairly only per token. But per token favours long options whose later tokens
+    are predictable from their first (the rest of a word), so a third, calibrated score is
+    the domain-conditional PMI (Holtzman et al. 2021, "Surface form competition"): the
+    summed log-prob given the prompt minus the summed log-prob of the same option tokens
+    given `neutral_prompt` (a document boundary by default): what the prompt adds, so an
+    option's length and its frequency everywhere cancel. The neutral context is not neutral
+    for every form: after a document boundary a word with a leading space is rare, so PMI
+    inflates such options (on the smoke suite it takes the learned punctuation behaviour,
+    '.' vs ' word', from 98% to 10% right). `scoring` picks which one fills
+    `correct`/`margin` (the headline), all three are kept. The prompt and option are encoded separately and concatenated
     (ids `[n_prompt + n_option]`); the logits at position i predict token i + 1 (next-token
     off-by-one). All (item, option) sequences are batched, padded right with a mask.
 
     Columns: item, behaviour, group, cluster (items that share one are resampled together;
     'item<i>' when alone), language, prompt, correct_option, n_options, chance (= 1 /
     n_options), option_tokens (token count per option, correct first), logp_options (summed,
-    list, correct first), logp_options_per_token; per scoring s in (summed, per_token):
+    list, correct first), logp_options_per_token, logp_options_neutral (summed, given the
+    neutral prompt), logp_options_pmi; per scoring s in (summed, per_token, pmi):
     correct_s (strictly better than every alternative), margin_s (correct minus best wrong);
     `correct`, `margin`, logp_correct, logp_best_wrong (of the headline `scoring`), score
     (chance-normalised correctness, (correct - chance) / (1 - chance): 0 = guessing, 1 =
@@ -752,7 +766,12 @@ def score_items(
     its first, answer included; gain = first - second).
     """
     check_scoring(scoring)
-    rows = []  # (item index, option index, ids, n_prompt)
+    rows = []  # (item index, option index, ids, n_prompt, neutral?)
+    n_ids = encode(tokenizer, neutral_prompt)
+    if not n_ids:
+        raise SeedscopeError(
+            f"The neutral prompt {neutral_prompt!r} has no tokens.", "use a non-empty one."
+        )
     n_first: dict[int, int] = {}
     for i, item in enumerate(items):
         if item.behaviour not in BEHAVIOURS:
@@ -766,7 +785,8 @@ def score_items(
             o_ids = encode(tokenizer, opt)
             if not o_ids:
                 raise SeedscopeError(f"Option {opt!r} has no tokens.", "use non-empty options.")
-            rows.append((i, j, p_ids + o_ids, len(p_ids)))
+            rows.append((i, j, p_ids + o_ids, len(p_ids), False))
+            rows.append((i, j, n_ids + o_ids, len(n_ids), True))
         if item.first_copy is not None:
             f_ids = encode(tokenizer, item.first_copy)
             if p_ids[: len(f_ids)] == f_ids:
@@ -780,6 +800,7 @@ def score_items(
         )
 
     logp = np.full((len(items), max((len(it.options) for it in items), default=0)), np.nan)
+    logp_neutral = np.full(logp.shape, np.nan)
     opt_tokens = np.zeros(logp.shape, dtype=np.int64)
     lang_mass = np.full(len(items), np.nan)
     lang_share = np.full(len(items), np.nan)
@@ -798,15 +819,18 @@ def score_items(
             width = max(len(r[2]) for r in batch)
             ids = torch.full((len(batch), width), pad, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for b, (_, _, seq, _) in enumerate(batch):
+            for b, (_, _, seq, _, _) in enumerate(batch):
                 ids[b, : len(seq)] = torch.as_tensor(seq)
                 mask[b, : len(seq)] = 1
             logits = _forward_logits(model, ids.to(device), mask.to(device)).cpu()
             # token log-probs: position t predicts token t + 1 -> [batch, width - 1]
             norm = torch.logsumexp(logits[:, :-1], dim=-1)
             tok_lp = logits[:, :-1].gather(-1, ids[:, 1:, None])[..., 0] - norm
-            for b, (i, j, seq, n_p) in enumerate(batch):
+            for b, (i, j, seq, n_p, neutral) in enumerate(batch):
                 lp = tok_lp[b, : len(seq) - 1].double().numpy()
+                if neutral:
+                    logp_neutral[i, j] = lp[n_p - 1 :].sum()
+                    continue
                 logp[i, j] = lp[n_p - 1 :].sum()
                 opt_tokens[i, j] = len(seq) - n_p
                 if j != 0:
@@ -824,7 +848,8 @@ def score_items(
                     second_loss[i] = -lp[nf:].mean()  # predicts tokens nf+1 .. end
     with np.errstate(invalid="ignore", divide="ignore"):
         per_token = logp / opt_tokens
-    by_scoring = {"summed": logp, "per_token": per_token}
+    pmi = logp - logp_neutral
+    by_scoring = {"summed": logp, "per_token": per_token, "pmi": pmi}
     judged = {}
     for name, lp_opt in by_scoring.items():
         wrong = np.where(np.isnan(lp_opt[:, 1:]), -np.inf, lp_opt[:, 1:])
@@ -848,10 +873,14 @@ def score_items(
             "option_tokens": [list(row[row > 0]) for row in opt_tokens],
             "logp_options": [list(row[~np.isnan(row)]) for row in logp],
             "logp_options_per_token": [list(row[~np.isnan(row)]) for row in per_token],
+            "logp_options_neutral": [list(row[~np.isnan(row)]) for row in logp_neutral],
+            "logp_options_pmi": [list(row[~np.isnan(row)]) for row in pmi],
             "correct_summed": judged["summed"][3],
             "margin_summed": judged["summed"][2],
             "correct_per_token": judged["per_token"][3],
             "margin_per_token": judged["per_token"][2],
+            "correct_pmi": judged["pmi"][3],
+            "margin_pmi": judged["pmi"][2],
             "logp_correct": right,
             "logp_best_wrong": best_wrong,
             "margin": margin,
@@ -873,6 +902,7 @@ METRIC_COLUMNS: dict[str, str] = {
     "accuracy": "correct",
     "accuracy_summed": "correct_summed",
     "accuracy_per_token": "correct_per_token",
+    "accuracy_pmi": "correct_pmi",
 }
 
 
@@ -881,7 +911,7 @@ def metrics_for(behaviour: str) -> tuple[str, ...]:
     emergence threshold applies to), accuracy and margin (headline scoring), accuracy under
     each scoring, plus its own."""
     return (
-        "score", "accuracy", "margin", "accuracy_summed", "accuracy_per_token",
+        "score", "accuracy", "margin", "accuracy_summed", "accuracy_per_token", "accuracy_pmi",
         *EXTRA_METRICS.get(behaviour, ()),
     )  # fmt: skip
 
@@ -1114,9 +1144,11 @@ def emergence_summary(emergence: pd.DataFrame, ci: float = 0.95) -> pd.DataFrame
     last checkpoint, not dropped.
 
     Columns: behaviour, size, n_runs, n_emerged, emerged ('k/n runs'), km_median (Kaplan-
-    Meier median step; NaN = not reached), and over the emerged runs: min, max, range,
-    mean, sd (ddof=1), t_low / t_high (t-interval of their mean: with <= 5 seeds a bootstrap
-    over seeds under-covers, so the range and a t-interval are what is reported)."""
+    Meier median step; NaN = not reached), min, max, range (among the emerged runs only),
+    and mean, sd (ddof=1), t_low / t_high (t-interval of the mean: with <= 5 seeds a
+    bootstrap over seeds under-covers, so the range and a t-interval are what is reported)
+    only when every run emerged: over the emerged runs alone they would be conditional on
+    emerging and biased early, so they are NaN when any run is censored."""
     frame = emergence if "size" in emergence.columns else emergence.assign(size="all")
     rows = []
     for (behaviour, size), part in frame.groupby(["behaviour", "size"], sort=False):
@@ -1133,13 +1165,14 @@ def emergence_summary(emergence: pd.DataFrame, ci: float = 0.95) -> pd.DataFrame
             "km_median": km_median(times, observed),
         }
         nan = float("nan")
-        low, high = t_interval(done, ci)
+        complete = done.size == steps.size
+        low, high = t_interval(done, ci) if complete else (nan, nan)
         row.update(
             min=float(done.min()) if done.size else nan,
             max=float(done.max()) if done.size else nan,
             range=float(done.max() - done.min()) if done.size else nan,
-            mean=float(done.mean()) if done.size else nan,
-            sd=float(done.std(ddof=1)) if done.size > 1 else nan,
+            mean=float(done.mean()) if done.size and complete else nan,
+            sd=float(done.std(ddof=1)) if done.size > 1 and complete else nan,
             t_low=low,
             t_high=high,
         )
@@ -1147,8 +1180,38 @@ def emergence_summary(emergence: pd.DataFrame, ci: float = 0.95) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
-def emergence_sentence(summary: pd.DataFrame, threshold: float) -> str:
-    """One sentence per size: in how many runs each behaviour emerged and its KM median."""
+def item_score_sd(score: float, n_options: int) -> float:
+    """sd of one item's chance-normalised score, (correct - chance) / (1 - chance), at a
+    true chance-normalised score `score` with `n_options` options: sqrt(p (1 - p)) / (1 -
+    chance), p = chance + score (1 - chance). Fewer options, larger sd at the same score."""
+    chance = 1.0 / n_options
+    p = chance + score * (1 - chance)
+    return float(np.sqrt(p * (1 - p)) / (1 - chance))
+
+
+def option_count_caveat(n_options: Mapping[str, int], threshold: float) -> str:
+    """Why emergence steps of behaviours with different option counts are not comparable:
+    the CI-lower-bound rule waits longer where one item's score is noisier (fewer options)."""
+    counts = sorted(set(int(k) for k in dict(n_options).values()))
+    if len(counts) < 2:
+        return ""
+    lo, hi = counts[0], counts[-1]
+    names = sorted(b for b, k in dict(n_options).items() if int(k) == lo)
+    return (
+        f" At a true score of {threshold:g} one item's chance-normalised score has sd "
+        f"{item_score_sd(threshold, lo):.2f} with {lo} options ({', '.join(names)}) but "
+        f"{item_score_sd(threshold, hi):.2f} with {hi}, so with as many items the CI lower bound "
+        f"of a {lo}-option behaviour reaches the threshold later at the same true score: "
+        "emergence steps compare fairly only between behaviours with the same number of options."
+    )
+
+
+def emergence_sentence(
+    summary: pd.DataFrame, threshold: float, n_options: Mapping[str, int] | None = None
+) -> str:
+    """One sentence per size: in how many runs each behaviour emerged and its KM median;
+    with `n_options` (behaviour -> option count), the caveat that emergence steps are not
+    comparable across option counts (`option_count_caveat`)."""
     if summary.empty:
         return "No behaviour was scored."
     parts = []
@@ -1164,6 +1227,7 @@ def emergence_sentence(summary: pd.DataFrame, threshold: float) -> str:
         "it never does are censored at the last checkpoint (median: Kaplan-Meier). "
         + ". ".join(parts)
         + "."
+        + (option_count_caveat(n_options, threshold) if n_options is not None else "")
     )
 
 
@@ -1314,7 +1378,12 @@ def seed_spread_mid_vs_final(
     sd_mid (negative: seeds agree more by the end). A difference, not a ratio: identical
     runs give 0, never 0/0. Sizes with a single run (no seed spread) are left out. Sorted
     by sd_mid, largest first. With `item_scores` (group 'all'), sd_change_low / _high: a
-    paired Multi-Bootstrap CI (the same seed and item-cluster draws at both checkpoints)."""
+    paired Multi-Bootstrap CI (the same seed and item-cluster draws at both checkpoints),
+    and what this many seeds could detect (`detectable_sd_ratio`): detectable_ratio, the
+    largest sd_final / sd_mid the CI excludes from 0 with 80% power (NaN: none, not even
+    full agreement), and detectable_change = -sd_mid * (1 - detectable_ratio), the smallest
+    drop of the seed sd this design detects (item resampling widens the CI further, so a
+    lower bound on it)."""
     sub = table[(table["metric"] == metric) & (table["group"] == group)]
     if "size" not in sub.columns:
         sub = sub.assign(size="all")
@@ -1356,9 +1425,81 @@ def seed_spread_mid_vs_final(
                 )
                 reps.append(res["sd_reps"])
             row["sd_change_low"], row["sd_change_high"] = _percentiles(reps[1] - reps[0], ci)
+            ratio = detectable_sd_ratio(len(runs), n_boot, ci, seed=seed)
+            row["detectable_ratio"] = ratio
+            row["detectable_change"] = -row["sd_mid"] * (1 - ratio)
         rows.append(row)
     out = pd.DataFrame(rows)
     return out.sort_values("sd_mid", ascending=False, ignore_index=True) if len(out) else out
+
+
+@lru_cache(maxsize=64)
+def detectable_sd_ratio(
+    n_runs: int,
+    n_boot: int = 1000,
+    ci: float = 0.95,
+    power: float = 0.8,
+    n_sims: int = 400,
+    seed: int = 0,
+) -> float:
+    """The minimum detectable convergence of the seed spread with `n_runs` seeds: the largest
+    ratio sd_final / sd_mid for which the paired percentile bootstrap over seeds (the seed
+    part of `seed_spread_mid_vs_final`'s CI) puts the upper bound of sd_final - sd_mid below
+    0 in at least `power` of `n_sims` simulated designs. Simulated at the level of run means
+    (mid ~ N(0, 1), final ~ N(0, ratio), independent; the same seed draws at both
+    checkpoints; common random numbers over a grid of ratios 0, 0.01, .., 1), so it is
+    scale-free and ignores item noise, which only lowers power. NaN when even ratio 0 (all
+    seeds agree at the end) is not detected with that power: with 2-3 seeds a percentile
+    bootstrap over seeds draws one run alone too often to ever exclude 0."""
+    if n_runs < 2:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    n_boot = max(int(n_boot), 1)
+    mid = rng.standard_normal((n_sims, n_runs))
+    final = rng.standard_normal((n_sims, n_runs))
+    picks = rng.integers(0, n_runs, size=(n_sims, n_boot, n_runs))
+    rows = np.arange(n_sims)[:, None, None]
+    sd_mid = mid[rows, picks].std(axis=2, ddof=1)
+    sd_final = final[rows, picks].std(axis=2, ddof=1)
+    upper = 100 * (1 - (1 - ci) / 2)
+    best = float("nan")
+    for ratio in np.linspace(0.0, 1.0, 101):
+        high = np.percentile(ratio * sd_final - sd_mid, upper, axis=1)
+        if (high < 0).mean() >= power:
+            best = float(ratio)
+    return best
+
+
+def mid_final_sentence(mid_final: pd.DataFrame) -> str:
+    """What the mid-vs-final seed-spread table can and cannot say: per seed count, the drop
+    of the seed sd the paired CI would detect with 80% power, and how many behaviour x size
+    cells have a CI below 0 (seeds agree more at the end) or above 0. A CI containing 0 is
+    'not detectable with these seeds', never 'did not converge'."""
+    if mid_final.empty or "detectable_ratio" not in mid_final.columns:
+        return "Seed spread at mid-training vs the end: fewer than two runs per size."
+    parts = []
+    for n_runs, part in mid_final.groupby("n_runs", sort=True):
+        ratio = float(part["detectable_ratio"].iloc[0])
+        if np.isfinite(ratio):
+            parts.append(
+                f"with {n_runs} seeds the paired CI excludes 0 with 80% power only when the "
+                f"seed sd falls to {ratio:.0%} of its mid-training value or less (a drop of at "
+                f"least {1 - ratio:.0%}; item noise raises this further)"
+            )
+        else:
+            parts.append(
+                f"with {n_runs} seeds the paired CI cannot exclude 0 with 80% power even if "
+                "every seed agrees exactly at the end"
+            )
+    below = int((mid_final["sd_change_high"] < 0).sum())
+    above = int((mid_final["sd_change_low"] > 0).sum())
+    return (
+        "Seed spread at mid-training vs the end (sd across seeds within a size): "
+        + "; ".join(parts)
+        + f". Of {len(mid_final)} behaviour x size cells, {below} have a CI below 0 (seeds "
+        f"agree more at the end) and {above} above 0; a CI that contains 0 means the change "
+        "was not detectable with these seeds, not that the seeds did not converge."
+    )
 
 
 def scoring_comparison(item_scores: pd.DataFrame) -> pd.DataFrame:
@@ -1407,9 +1548,9 @@ def _weighted(values: pd.Series, weights: pd.Series) -> float:
 
 
 def scoring_sentence(comparison: pd.DataFrame, headline_scoring: str) -> str:
-    """What the two scorings say at the first and last scored checkpoints: how often they
-    disagree, and the summed score's length bias (accuracy on items whose correct option is
-    the shortest vs the longest)."""
+    """What the scorings say at the first and last scored checkpoints: how often summed and
+    per-token disagree, and each one's length bias (accuracy on items whose correct option
+    is the shortest vs the longest)."""
     check_scoring(headline_scoring)
     if comparison.empty:
         return "No items were scored."
@@ -1428,15 +1569,38 @@ def scoring_sentence(comparison: pd.DataFrame, headline_scoring: str) -> str:
             f"scoring is right on {avg('accuracy_summed_shortest'):.0%} of items whose correct "
             f"option is the shortest and {avg('accuracy_summed_longest'):.0%} where it is the "
             f"longest (per-token: {avg('accuracy_per_token_shortest'):.0%} vs "
-            f"{avg('accuracy_per_token_longest'):.0%}); on the {int(part['n_equal_lengths'].sum())}"
+            f"{avg('accuracy_per_token_longest'):.0%}; PMI: "
+            f"{avg('accuracy_pmi_shortest'):.0%} vs {avg('accuracy_pmi_longest'):.0%}); "
+            f"on the {int(part['n_equal_lengths'].sum())}"
             f" items whose options are equally long (both agree) accuracy is "
             f"{_weighted(part['accuracy_equal_lengths'], part['n_equal_lengths']):.0%}"
         )
     unequal = float(np.average(comparison["unequal_lengths"], weights=comparison["n_items"]))
-    name = {"per_token": "per-token-normalised", "summed": "summed"}[headline_scoring]
+    last = comparison[comparison["step"] == comparison["step"].max()]
+    w_last = last["n_items"]
+    bias = {
+        name: _weighted(last[f"accuracy_{name}_longest"], w_last)
+        - _weighted(last[f"accuracy_{name}_shortest"], w_last)
+        for name in SCORINGS
+    }
+    headline_bias = bias[headline_scoring]
+    if np.isfinite(headline_bias):
+        direction = "longest" if headline_bias > 0 else "shortest"
+        fairest = min((n for n in SCORINGS if np.isfinite(bias[n])), key=lambda n: abs(bias[n]))
+        parts.append(
+            f"so at step {int(last['step'].iloc[0])} the headline ({headline_scoring}) scoring "
+            f"is right {abs(headline_bias):.0%} more often when the correct option is the "
+            f"{direction} than when it is the {'shortest' if direction == 'longest' else 'longest'}"
+            f" (a length bias, though behaviours also differ between the two sets); the smallest "
+            f"such gap is {fairest}'s ({bias[fairest]:+.0%}), so read behaviours whose options "
+            "differ in length with this in mind"
+        )
+    name = {"per_token": "per-token-normalised", "summed": "summed",
+            "pmi": "PMI (calibrated)"}[headline_scoring]  # fmt: skip
     return (
-        f"Options are scored both by summed and by per-token-normalised log-prob; the headline "
-        f"uses the {name} one. {unequal:.0%} of items have a correct option strictly shorter or "
+        f"Options are scored by summed, by per-token-normalised log-prob and by PMI (summed "
+        f"log-prob given the prompt minus given a neutral prompt); the headline uses the {name} "
+        f"one. {unequal:.0%} of items have a correct option strictly shorter or "
         "longer (in tokens) than every alternative; " + "; ".join(parts) + "."
     )
 

@@ -146,7 +146,8 @@ class BehavioursParams:
     # (1 - chance), stays >= this; 0.6 = accuracy 0.8 with 2 options, 0.7 with 4
     score_threshold: float = 0.6
     # headline scoring of multi-token options (both are computed and reported):
-    # 'per_token' (mean log-prob per option token) or 'summed' (favours short options)
+    # 'per_token' (mean log-prob per option token), 'summed' (favours short options) or
+    # 'pmi' (summed log-prob given the prompt minus given a document boundary)
     scoring: str = "per_token"
     n_boot: int = 200
     seed: int = 0
@@ -182,10 +183,11 @@ class BehavioursParams:
                 "it is chance-normalised, (accuracy - chance) / (1 - chance): 0 = guessing, "
                 "1 = all correct; use e.g. 0.6.",
             )
-        if self.scoring not in ("per_token", "summed"):
+        if self.scoring not in ("per_token", "summed", "pmi"):
             raise SeedscopeError(
-                f"behaviours.scoring must be 'per_token' or 'summed', got {self.scoring!r}.",
-                "per_token (fair across option lengths) is the usual headline.",
+                f"behaviours.scoring must be 'per_token', 'summed' or 'pmi', got "
+                f"{self.scoring!r}.",
+                "per_token or pmi (both fair across option lengths) are the usual headlines.",
             )
 
     @property

@@ -1180,7 +1180,8 @@ def behaviours_stage(suite: dict[str, Any], behaviours: dict[str, Any]):
             heads[f"{row.behaviour}_emergence_median_{row.size}"] = headline(
                 row.km_median,
                 f"{row.behaviour}, {row.size}: Kaplan-Meier median emergence step "
-                f"({row.emerged} emerged; seeds range {row.min:g}-{row.max:g})",
+                f"({row.emerged} emerged; range among the emerged runs "
+                f"{row.min:g}-{row.max:g})",
                 unit="training steps",
             )
     metrics = write_metrics(
