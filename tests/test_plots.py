@@ -158,6 +158,13 @@ def test_analysis_figures_are_titled_labelled_and_readable():
     for name, fig in figures.items():
         assert figure_problems(fig) == [], name
         assert smallest_text_pt(fig) >= 9, name
-    over_time = agreement.assign(step=100)
-    fig = compare.agreement_over_training_plot(pd.concat([over_time, agreement.assign(step=10)]))
+    over_time = pd.concat([agreement.assign(step=100), agreement.assign(step=10)])
+    fig = compare.agreement_over_training_plot(over_time, "pearson", labels, sizes)
     assert figure_problems(fig) == []
+    # 45 pairs: one colour and one legend entry per group (seed pairs of a size, cross-size)
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend == ["seed pairs, small", "pairs across sizes", "seed pairs, medium"]
+    few = over_time[over_time["run_a"].isin(runs[:3]) & over_time["run_b"].isin(runs[:3])]
+    fig = compare.agreement_over_training_plot(few, "pearson", labels, sizes)
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend[0] == "small-s0 (seed 0) vs small-s1 (seed 1)" and len(legend) == 3

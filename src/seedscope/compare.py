@@ -833,7 +833,7 @@ def enrichment_forest(enrich: pd.DataFrame, top: int = 25, alpha: float = 0.05) 
     ax.set_xlabel(f"{kind} of being an outlier (log scale, {1 - alpha:.0%} CI)")
     ax.set_ylabel("metadata category")
     ax.set_title("Which tokens do runs disagree on? Outlier enrichment by category")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="lower right", fontsize=9)
     return fig
 
 
@@ -841,38 +841,51 @@ def agreement_over_training_plot(
     agreement: pd.DataFrame,
     method: str = "pearson",
     labels: Mapping[str, str] | None = None,
+    sizes: Mapping[str, str] | None = None,
+    max_pair_legend: int = 15,
 ) -> Figure:
     """Pairwise correlation vs training step (`agreement_over_training` output), one line per
-    pair with its CI band; same-size pairs solid, cross-size pairs dashed."""
+    pair with its CI band; same-size pairs solid, cross-size pairs dashed. Up to
+    `max_pair_legend` pairs each get a colour and a legend entry (runs named with seeds);
+    with more pairs and `sizes` (run -> size), lines are coloured by group instead (the seed
+    pairs of each size in that size's colour, cross-size pairs grey), one legend entry per
+    group: 45 separately coloured lines could not be told apart."""
+    from seedscope.plots import size_colors
+
     fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.subplots()
-    for i, ((a, b), grp) in enumerate(agreement.groupby(["run_a", "run_b"], sort=False)):
+    pairs = agreement.groupby(["run_a", "run_b"], sort=False)
+    by_group = sizes is not None and pairs.ngroups > max_pair_legend
+    group_colors = size_colors(list(dict.fromkeys(sizes.values()))) if sizes else {}
+    seen: set[str] = set()
+    for i, ((a, b), grp) in enumerate(pairs):
         grp = grp.sort_values("step")
         same = grp["same_size"].iloc[0]
         ls = "--" if (same is not pd.NA and same is not None and not bool(same)) else "-"
-        color = f"C{i % 10}"
-        ax.plot(
-            grp["step"],
-            grp[method],
-            ls=ls,
-            color=color,
-            lw=1,
-            label=f"{_label(labels, a)} vs {_label(labels, b)}",
-        )
+        color: object = f"C{i % 10}"
+        label = f"{_label(labels, a)} vs {_label(labels, b)}"
+        if by_group:
+            assert sizes is not None
+            within = sizes.get(a) == sizes.get(b)
+            group = f"seed pairs, {sizes.get(a)}" if within else "pairs across sizes"
+            color = group_colors[sizes.get(a)] if within else "0.5"
+            label = "_nolegend_" if group in seen else group
+            seen.add(group)
+        ax.plot(grp["step"], grp[method], ls=ls, color=color, lw=1, label=label)
         if f"{method}_low" in grp and grp[f"{method}_low"].notna().any():
             ax.fill_between(
                 grp["step"],
                 grp[f"{method}_low"],
                 grp[f"{method}_high"],
                 color=color,
-                alpha=0.15,
+                alpha=0.05 if by_group else 0.15,
                 lw=0,
             )
     ax.set_xlabel("training step")
     ax.set_ylabel(f"{method.capitalize()} r of per-token log-probs")
     ax.set_title("Agreement between runs over training")
-    if agreement[["run_a", "run_b"]].drop_duplicates().shape[0] <= 15:
-        ax.legend(fontsize=7, ncol=2)
+    if by_group or pairs.ngroups <= max_pair_legend:
+        ax.legend(fontsize=9, ncol=1 if by_group else 2)
     return fig
 
 

@@ -393,7 +393,7 @@ def loadings_plot(
             ticks if c == k - 1 else [""] * n_cols,
             rotation=60,
             ha="right",
-            fontsize=7,
+            fontsize=10,
         )
     axes[-1].set_xlabel("run (checkpoint)")
     fig.suptitle("PCA loadings of per-token loss (unit-length components)")

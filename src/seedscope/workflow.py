@@ -603,7 +603,7 @@ def convergence_stage(suite: dict[str, Any], convergence: dict[str, Any]):
     write_parquet(out / "agreement_over_training.parquet", over)
     labels = run_labels(resolved)
     fig = register_figure(
-        compare.agreement_over_training_plot(over, "pearson", labels),
+        compare.agreement_over_training_plot(over, "pearson", labels, sizes),
         "convergence",
         "agreement_over_training",
         "Pairwise Pearson r of per-token log-probs over training",
