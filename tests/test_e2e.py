@@ -179,6 +179,8 @@ def test_figures_registered_with_provenance(smoke_project):
         for fig in index.values():
             assert (smoke_project / "figures" / stage / fig["file"]).stat().st_size > 2000
             assert fig["function"].startswith("seedscope.")
+            # titled, every axis labelled (seedscope.plots.figure_problems at registration)
+            assert fig["problems"] == [], (stage, fig["file"], fig["problems"])
         details = json.loads((smoke_project / "metrics" / "details" / f"{stage}.json").read_text())
         prov = details["provenance"]
         assert prov["suite"] == "mini-smoke" and prov["runs"] and prov["params_hash"]
