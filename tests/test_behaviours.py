@@ -473,13 +473,13 @@ def test_scoring_sentence_states_the_headline_length_bias():
     cmp = bh.scoring_comparison(frame)
     text = bh.scoring_sentence(cmp, "per_token")
     assert (
-        "the headline (per_token) scoring is right 75% more often when the correct option "
-        "is the longest" in text
+        "the headline (per_token) scoring is right 75 percentage points more often when the "
+        "correct option is the longest" in text
     )
-    assert "the smallest such gap is pmi's (+0%)" in text
+    assert "the smallest such gap is pmi's (+0 points)" in text
     assert "longest" in bh.scoring_sentence(cmp.assign(step=0), "summed")
     text = bh.scoring_sentence(cmp, "summed")
-    assert "right 100% more often when the correct option is the shortest" in text
+    assert "right 100 percentage points more often when the correct option is the shortest" in text
 
 
 def test_english_items_share_clusters_by_entity_and_acronym():

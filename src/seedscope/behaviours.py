@@ -1589,10 +1589,12 @@ def scoring_sentence(comparison: pd.DataFrame, headline_scoring: str) -> str:
         fairest = min((n for n in SCORINGS if np.isfinite(bias[n])), key=lambda n: abs(bias[n]))
         parts.append(
             f"so at step {int(last['step'].iloc[0])} the headline ({headline_scoring}) scoring "
-            f"is right {abs(headline_bias):.0%} more often when the correct option is the "
+            f"is right {abs(headline_bias) * 100:.0f} percentage points more often when the "
+            "correct option is the "
             f"{direction} than when it is the {'shortest' if direction == 'longest' else 'longest'}"
             f" (a length bias, though behaviours also differ between the two sets); the smallest "
-            f"such gap is {fairest}'s ({bias[fairest]:+.0%}), so read behaviours whose options "
+            f"such gap is {fairest}'s ({bias[fairest] * 100:+.0f} points), so read behaviours "
+            "whose options "
             "differ in length with this in mind"
         )
     name = {"per_token": "per-token-normalised", "summed": "summed",
