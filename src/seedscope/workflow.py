@@ -1514,8 +1514,9 @@ def classifier_sentence(validation: pd.DataFrame, noise_by_set: pd.DataFrame) ->
         f"the {lo['quantile']:.0%} noise quantile ({lo['noise_sd']:.2f} nats) it finds "
         f"{lo['s_recall']:.0%} of planted S-curves and calls {lo['s_false_rate']:.1%} of "
         f"other curves S-shaped; at the {hi['quantile']:.0%} quantile ({hi['noise_sd']:.2f} "
-        f"nats) {hi['s_recall']:.0%} and {hi['s_false_rate']:.1%}. S-shaped fractions are "
-        f"therefore lower bounds. Noise by set (medians over curves): {sets}. Each set is "
+        f"nats) {hi['s_recall']:.0%} and {hi['s_false_rate']:.1%}. An S-shaped fraction "
+        "therefore misses many true S-curves, and about the false-claim rate of the other "
+        f"curves adds to it. Noise by set (medians over curves): {sets}. Each set is "
         "classified with the larger of its own autocorrelation and the random tokens' one."
     )
 
