@@ -190,10 +190,6 @@ def test_twin_induction_headlines_are_finite(twin_induction):
     assert "NaN" not in text and "Infinity" not in text
 
 
-@pytest.mark.xfail(
-    reason="induction details hold NaN (coincidence / lags when no jump is detected); "
-    "drop this mark once they hold None",
-)
 def test_twin_induction_details_are_finite(twin_induction):
     text = (twin_induction["root"] / "metrics" / "details" / "induction.json").read_text()
     assert "NaN" not in text and "Infinity" not in text

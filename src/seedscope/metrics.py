@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 from seedscope.io import read_json, write_json
 from seedscope.paths import metrics_dir
 
@@ -46,6 +48,22 @@ def headline(
     }
 
 
+def finite(obj: Any) -> Any:
+    """`obj` with every NaN or infinite float (numpy's too) replaced by None, recursively:
+    JSON has no NaN, and a missing value must read as missing, not as a number.
+
+    >>> finite({"a": [1.0, float("nan")], "b": {"c": float("inf")}})
+    {'a': [1.0, None], 'b': {'c': None}}
+    """
+    if isinstance(obj, dict):
+        return {key: finite(value) for key, value in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite(value) for value in obj]
+    if isinstance(obj, float | np.floating) and not math.isfinite(float(obj)):
+        return None
+    return obj
+
+
 def write_metrics(
     stage: str,
     headlines: dict[str, dict[str, Any]],
@@ -53,7 +71,11 @@ def write_metrics(
     provenance: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write metrics/<stage>.json atomically and return what was written."""
-    record = {"headline": headlines, "details": details or {}, "provenance": provenance or {}}
+    record = {
+        "headline": headlines,
+        "details": finite(details or {}),
+        "provenance": provenance or {},
+    }
     numbers = {
         key: {k: entry[k] for k in ("value", "ci_low", "ci_high") if entry.get(k) is not None}
         for key, entry in headlines.items()
