@@ -176,6 +176,6 @@ def plot_curves(
     ax.set_xlabel(f"{x.replace('_', ' ')} (log scale)")
     ax.set_ylabel(ylabel or y)
     ax.set_title(title)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=9, ncol=2)
     fig.tight_layout()
     return fig
