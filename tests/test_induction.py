@@ -543,3 +543,19 @@ def test_figures_return_figures():
     ax = fig2.axes[0]
     assert ax.get_xlabel() == "training step (log scale)"
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a (seed 1)", "b (seed 2)"]
+
+
+def test_each_quantity_over_training_names_its_own_unit():
+    curves = pd.DataFrame(
+        [
+            {"run": "a", "step": s, "induction": 0.1, "copy_loss_ratio": 0.9, "icl": -0.2}
+            for s in (1, 10, 100)
+        ]
+    )
+    ylabels = {
+        value: ind.plot_induction_over_training(curves, value=value).axes[0].get_ylabel()
+        for value in ("induction", "copy_loss_ratio", "icl")
+    }
+    assert "attention" in ylabels["induction"]
+    assert "ratio" in ylabels["copy_loss_ratio"] and "attention" not in ylabels["copy_loss_ratio"]
+    assert "nats" in ylabels["icl"] and "late minus early" in ylabels["icl"]

@@ -995,6 +995,14 @@ def plot_head_heatmap(scores: pd.DataFrame, metric: str = "induction", title: st
     return fig
 
 
+# y-axis label (with unit) of each quantity `plot_induction_over_training` can draw.
+Y_LABELS = {
+    "induction": "induction score (attention weight)",
+    "copy_loss_ratio": "second-copy / first-copy loss (ratio)",
+    "icl": "ICL score: late minus early token loss (nats)",
+}
+
+
 def plot_induction_over_training(
     curves: pd.DataFrame,
     detected: dict[str, float] | None = None,
@@ -1027,8 +1035,8 @@ def plot_induction_over_training(
             ax.axvline(float(detected[run]), color=colors[run], ls="--", lw=1)
     set_log_step_axis(ax, curves["step"])
     ax.set_xlabel("training step (log scale)")
-    ax.set_ylabel(f"{value} score (attention weight)")
+    ax.set_ylabel(Y_LABELS.get(value, value))
     ax.set_title(title + ("  (dashed: detected phase change)" if detected else ""))
-    ax.legend(fontsize=8, frameon=False)
+    ax.legend(fontsize=9, frameon=False)
     fig.tight_layout()
     return fig
