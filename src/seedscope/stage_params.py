@@ -185,8 +185,7 @@ class BehavioursParams:
             )
         if self.scoring not in ("per_token", "summed", "pmi"):
             raise SeedscopeError(
-                f"behaviours.scoring must be 'per_token', 'summed' or 'pmi', got "
-                f"{self.scoring!r}.",
+                f"behaviours.scoring must be 'per_token', 'summed' or 'pmi', got {self.scoring!r}.",
                 "per_token or pmi (both fair across option lengths) are the usual headlines.",
             )
 
