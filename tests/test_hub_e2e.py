@@ -238,6 +238,9 @@ def test_crfm_sweep_killed_inside_dvc_repro_resumes(crfm_run, tmp_path):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    # what the killed sweep had finished: a unit may have landed between the last read and
+    # the kill (the manifest is written atomically after each unit)
+    done = json.loads((folder / "manifest.json").read_text())
     finished = unit_files(done)
     assert 3 <= len(done["units"]) < total, "the kill did not land mid-sweep"
     stamps = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in finished}
