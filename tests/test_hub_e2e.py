@@ -14,6 +14,7 @@ cached outside the repo.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -27,6 +28,7 @@ from pathlib import Path
 import hubfake
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 import yaml
 
@@ -236,7 +238,15 @@ def test_crfm_sweep_killed_inside_dvc_repro_resumes(crfm_run, tmp_path):
         if len(done.get("units", {})) >= 3:
             break
         time.sleep(0.05)
+    # Jupyter starts the notebook's kernel in a session of its own, so killing dvc's process
+    # group alone leaves the kernel alive for up to a second (its parent poller), long enough to
+    # finish one more unit: kill the whole tree
+    tree = psutil.Process(proc.pid).children(recursive=True)
     os.killpg(proc.pid, signal.SIGKILL)
+    for child in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+    psutil.wait_procs(tree, timeout=30)
     proc.wait()
     # what the killed sweep had finished: a unit may have landed between the last read and
     # the kill (the manifest is written atomically after each unit)
