@@ -181,6 +181,8 @@ def test_figures_registered_with_provenance(smoke_project):
             assert fig["function"].startswith("seedscope.")
             # titled, every axis labelled (seedscope.plots.figure_problems at registration)
             assert fig["problems"] == [], (stage, fig["file"], fig["problems"])
+            # readable in the book: no text under 9 pt at the page width
+            assert fig["smallest_text_pt"] >= 9, (stage, fig["file"], fig["smallest_text_pt"])
         details = json.loads((smoke_project / "metrics" / "details" / f"{stage}.json").read_text())
         prov = details["provenance"]
         assert prov["suite"] == "mini-smoke" and prov["runs"] and prov["params_hash"]

@@ -17,6 +17,7 @@ from seedscope.plots import (
     register_figure,
     run_colors,
     save_figure,
+    set_log_step_axis,
     smallest_text_pt,
 )
 
@@ -76,6 +77,8 @@ def test_figures_are_byte_identical_and_registered(tmp_path, monkeypatch):
 
     path = register_figure(draw(), "loss_pca", "demo", "A demo figure", "seedscope.pca.demo")
     index = json.loads((tmp_path / "figures" / "loss_pca" / "index.json").read_text())
+    # default 10 pt text on a 6.4 in figure (under the page width): 10 * 110 / 72 * 0.75 pt
+    assert index["demo"].pop("smallest_text_pt") == pytest.approx(11.5, abs=0.05)
     assert index["demo"] == {
         "file": "demo.png",
         "title": "A demo figure",
@@ -132,8 +135,14 @@ def test_smallest_text_scales_with_the_page_width():
     ax.plot([1, 2], [1, 2])
     # 8 pt on the PNG at SAVE_DPI is 8 * SAVE_DPI / 72 px = 0.75 * that in CSS pt
     assert smallest_text_pt(fig) == pytest.approx(8 * SAVE_DPI / 72 * 0.75)
-    fig.set_figwidth(1600 / SAVE_DPI)  # twice as wide: shown at half size
-    assert smallest_text_pt(fig) == pytest.approx(8 * SAVE_DPI / 72 * 0.75 / 2)
+    fig.set_figwidth(1600 / SAVE_DPI)  # wider than the page: shown scaled to the page width
+    saved_px = fig.get_tightbbox().width * SAVE_DPI  # what save_figure writes (tight crop)
+    assert saved_px > 1000  # (the crop removes the margins)
+    wide = smallest_text_pt(fig)
+    assert wide == pytest.approx(8 * SAVE_DPI / 72 * 0.75 * 800 / saved_px)
+    # a legend outside the axes widens the saved image, so the text shrinks further
+    ax.legend(["a line with a long legend label"], bbox_to_anchor=(1.01, 1), loc="upper left")
+    assert smallest_text_pt(fig) < wide
     plt.close(fig)
 
 
@@ -168,3 +177,25 @@ def test_analysis_figures_are_titled_labelled_and_readable():
     fig = compare.agreement_over_training_plot(few, "pearson", labels, sizes)
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert legend[0] == "small-s0 (seed 0) vs small-s1 (seed 1)" and len(legend) == 3
+
+
+def test_log_step_axis_shows_step_zero_and_plain_ticks():
+    fig, ax = plt.subplots()
+    steps = [0, 10, 20, 50, 100, 200, 500, 1000]
+    ax.plot(steps, range(len(steps)))
+    set_log_step_axis(ax, steps)
+    fig.draw_without_rendering()
+    shown = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    assert ax.get_xscale() == "symlog" and ax.get_xlabel() == "training step (log scale)"
+    # two decades above the first nonzero step: 1 and 3 x 10^k, plain numbers, step 0 kept
+    assert shown == ["0", "10", "30", "100", "300", "1,000"]
+    set_log_step_axis(ax, [0, 10, 50_000])
+    fig.draw_without_rendering()
+    shown = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    assert shown == ["0", "10", "100", "1,000", "10,000"]
+    ax.set_xlim(0, 60)
+    set_log_step_axis(ax, [0, 5, 10, 20, 60], "emergence step")
+    fig.draw_without_rendering()
+    shown = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    assert shown == ["0", "5", "10", "20", "50"] and ax.get_xlabel() == "emergence step"
+    plt.close(fig)

@@ -319,10 +319,23 @@ def test_figures():
     ax = fig.axes[0]
     assert ax.get_xlabel() == "training step (log scale)"
     assert ax.get_ylabel() == "loss (nats)"
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["x21 (seed 21)", "x49 (seed 49)"]
+    # one legend for the whole grid, runs named with their seeds
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["x21 (seed 21)", "x49 (seed 49)"]
     fig2 = tr.plot_transition_steps(df)
     assert fig2.axes[0].get_xlabel() == "transition step (log scale)"
     assert fig2.axes[0].get_title()
+    # runs keep the suite's order and colours and are named by their labels
+    s_df = pd.DataFrame(
+        {
+            "run": ["x21", "x49", "x81"] * 3,
+            "class": ["s_shaped"] * 6 + ["smooth"] * 3,
+            "transition_step": [10.0, 20.0, 40.0, 100.0, 200.0, 400.0, 5.0, 5.0, 5.0],
+        }
+    )
+    named = {r: f"{r} (seed {r[1:]})" for r in ("x21", "x49", "x81")}
+    fig3 = tr.plot_transition_steps(s_df, run_order=["x81", "x49", "x21"], labels=named)
+    texts = [t.get_text() for t in fig3.axes[0].get_legend().get_texts()]
+    assert texts == ["x81 (seed 81)", "x49 (seed 49)", "x21 (seed 21)"]
 
 
 def test_paired_bootstrap_uses_the_matching():

@@ -1681,7 +1681,9 @@ def plot_behaviour_heatmap(
     order = [r for r in (run_order or list(dict.fromkeys(sub["run"]))) if r in grid.index]
     grid = grid.loc[order]
     labels = _run_labels(sub)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.12 * grid.shape[1] + 3), 0.45 * len(order) + 1.6))
+    fig, ax = plt.subplots(
+        figsize=(min(7.2, max(6.0, 0.12 * grid.shape[1] + 3)), 0.45 * len(order) + 1.6)
+    )
     sns.heatmap(
         grid.to_numpy(),
         ax=ax,
@@ -1709,13 +1711,13 @@ def plot_emergence(emergence: pd.DataFrame, run_order: Sequence[str] | None = No
     that never stay above threshold are listed in the title."""
     import matplotlib.pyplot as plt
 
-    from seedscope.plots import run_colors
+    from seedscope.plots import run_colors, set_log_step_axis
 
     runs = list(run_order or dict.fromkeys(emergence["run"]))
     colors = run_colors(runs)
     labels = _run_labels(emergence)
     behaviours = [b for b in BEHAVIOURS if b in set(emergence["behaviour"])]
-    fig, ax = plt.subplots(figsize=(8, 0.5 * len(behaviours) + 1.8))
+    fig, ax = plt.subplots(figsize=(7.2, 0.5 * len(behaviours) + 2.6), layout="constrained")
     offsets = np.linspace(-0.25, 0.25, max(len(runs), 1))
     for k, run in enumerate(runs):
         part = emergence[emergence["run"] == run].set_index("behaviour")
@@ -1730,8 +1732,8 @@ def plot_emergence(emergence: pd.DataFrame, run_order: Sequence[str] | None = No
                        edgecolors=colors[run], marker=">", s=40, zorder=3)  # fmt: skip
     ax.set_yticks(range(len(behaviours)))
     ax.set_yticklabels(behaviours)
-    ax.set_xscale("symlog", linthresh=10)
-    ax.set_xlabel("emergence step (training steps, symlog scale)")
+    steps = pd.concat([emergence["emergence_step"], emergence.get("last_step", pd.Series())])
+    set_log_step_axis(ax, steps.dropna(), "emergence step (training step, log scale)")
     ax.set_ylabel("behaviour")
     never = emergence[emergence["emergence_step"].isna()]
     title = "Emergence step per behaviour and run"
@@ -1739,8 +1741,7 @@ def plot_emergence(emergence: pd.DataFrame, run_order: Sequence[str] | None = No
         title += f"\n(open >: {len(never)} run x behaviour pairs censored, not emerged by the end)"
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left", title="run")
-    fig.tight_layout()
+    fig.legend(*ax.get_legend_handles_labels(), fontsize=9, loc="outside lower center", ncol=2)
     return fig
 
 
@@ -1749,7 +1750,7 @@ def plot_size_comparison(table: pd.DataFrame, metric: str = "accuracy", group: s
     min-max band across seeds."""
     import matplotlib.pyplot as plt
 
-    from seedscope.plots import size_colors
+    from seedscope.plots import set_log_step_axis, size_colors
 
     if "size" not in table.columns:
         raise SeedscopeError("The table has no `size` column.", "build it with suite=...")
@@ -1757,24 +1758,24 @@ def plot_size_comparison(table: pd.DataFrame, metric: str = "accuracy", group: s
     behaviours = [b for b in BEHAVIOURS if b in set(sub["behaviour"])]
     sizes = list(dict.fromkeys(sub["size"]))
     colors = size_colors(sizes)
-    ncol = min(3, max(len(behaviours), 1))
+    ncol = min(2, max(len(behaviours), 1))
     nrow = int(np.ceil(len(behaviours) / ncol)) or 1
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.2 * nrow), squeeze=False)
+    fig, axes = plt.subplots(
+        nrow, ncol, figsize=(3.6 * ncol, 2.6 * nrow + 0.6), squeeze=False, layout="constrained"
+    )
     for ax, behaviour in zip(axes.flat, behaviours, strict=False):
         part = sub[sub["behaviour"] == behaviour]
         for size in sizes:
             g = part[part["size"] == size].groupby("step")["value"].agg(["mean", "min", "max"])
             ax.plot(g.index, g["mean"], color=colors[size], label=f"{size} (mean of seeds)")
             ax.fill_between(g.index, g["min"], g["max"], color=colors[size], alpha=0.2)
-        ax.set_xscale("symlog", linthresh=10)
+        set_log_step_axis(ax, part["step"])
         ax.set_title(behaviour)
-        ax.set_xlabel("training step (symlog)")
-        ax.set_ylabel(_METRIC_UNITS.get(metric, metric))
     for ax in list(axes.flat)[len(behaviours) :]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
+    axes.flat[0].legend(fontsize=9)
+    fig.supylabel(_METRIC_UNITS.get(metric, metric))
     fig.suptitle(f"{metric} by model size: mean over seeds, band = min-max across seeds")
-    fig.tight_layout()
     return fig
 
 

@@ -964,15 +964,6 @@ def compare_sizes(
 # --------------------------------------------------------------------------------------
 
 
-def set_log_step_axis(ax, steps) -> None:  # type: ignore[no-untyped-def]
-    """Log-scale step axis that also shows step 0 (symlog, linear below the first nonzero
-    step), labelled "training step (log scale)"."""
-    positive = np.asarray(steps, dtype=float)
-    positive = positive[positive > 0]
-    ax.set_xscale("symlog", linthresh=float(positive.min()) if positive.size else 1.0)
-    ax.set_xlabel("training step (log scale)")
-
-
 def plot_head_heatmap(scores: pd.DataFrame, metric: str = "induction", title: str = ""):  # type: ignore[no-untyped-def]
     """Heatmap of a head score (rows `layer.head`, columns checkpoint step) for one run.
 
@@ -986,7 +977,9 @@ def plot_head_heatmap(scores: pd.DataFrame, metric: str = "induction", title: st
     df["head_name"] = _head_names(df)
     order = df.drop_duplicates("head_name").sort_values(["layer", "head"])["head_name"]
     mat = df.pivot_table(index="head_name", columns="step", values=metric).loc[list(order)]
-    fig, ax = plt.subplots(figsize=(max(6, 0.18 * mat.shape[1] + 2), max(3, 0.22 * len(mat) + 1)))
+    fig, ax = plt.subplots(
+        figsize=(min(7.2, max(6, 0.18 * mat.shape[1] + 2)), max(3, 0.22 * len(mat) + 1))
+    )
     sns.heatmap(mat, ax=ax, cmap="viridis", vmin=0, vmax=1, cbar_kws={"label": f"{metric} score"})
     ax.set_xlabel("checkpoint step")
     ax.set_ylabel("head (layer.head)")
@@ -1020,7 +1013,7 @@ def plot_induction_over_training(
     """
     import matplotlib.pyplot as plt
 
-    from seedscope.plots import run_colors
+    from seedscope.plots import run_colors, set_log_step_axis
 
     runs = list(run_order) if run_order is not None else list(dict.fromkeys(curves["run"]))
     colors = run_colors(runs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import matplotlib as mpl
+import numpy as np
 import seaborn as sns
 
 mpl.use("Agg")
@@ -28,6 +29,31 @@ def size_colors(sizes: Sequence[str]) -> dict[str, tuple[float, float, float]]:
     """A fixed colour per model size."""
     palette = sns.color_palette("colorblind", max(3, len(sizes)))
     return {size: palette[i] for i, size in enumerate(sizes)}
+
+
+def set_log_step_axis(  # type: ignore[no-untyped-def]
+    ax, steps, label: str = "training step (log scale)"
+) -> None:
+    """A log-scale training-step axis that also shows step 0 (symlog, linear below the first
+    nonzero step), with plain-number ticks at 0 and 1, 2, 5 x 10^k (1, 3 x 10^k past 1.5
+    decades, 1 x 10^k past 2.5) up to the last step."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    values = np.asarray(steps, dtype=float)
+    values = values[np.isfinite(values)]
+    positive = values[values > 0]
+    linthresh = float(positive.min()) if positive.size else 1.0
+    top = float(positive.max()) if positive.size else 1.0
+    decades = np.log10(top / linthresh)
+    subs = (1.0, 2.0, 5.0) if decades <= 1.5 else (1.0, 3.0) if decades <= 2.5 else (1.0,)
+    exponents = range(int(np.floor(np.log10(linthresh))), int(np.ceil(np.log10(top))) + 1)
+    ticks = sorted({m * 10.0**e for e in exponents for m in subs})
+    ticks = [0.0] + [t for t in ticks if linthresh <= t <= top * 1.001]
+    ax.set_xscale("symlog", linthresh=linthresh)
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.set_xlabel(label)
 
 
 # Saved PNG resolution, and the width (CSS px) at which the book shows a figure: a wider image
@@ -84,7 +110,9 @@ def smallest_text_pt(fig, page_width_px: int = PAGE_WIDTH_PX) -> float:  # type:
     from matplotlib.text import Text
 
     fig.draw_without_rendering()
-    width_px = fig.get_figwidth() * SAVE_DPI
+    # save_figure crops to the tight box (which includes a legend outside the axes)
+    width_in = fig.get_tightbbox().width
+    width_px = max(width_in, 1e-9) * SAVE_DPI
     scale = min(1.0, page_width_px / width_px)
     sizes = [
         t.get_fontsize()
@@ -118,7 +146,8 @@ def register_figure(
     `figures/<stage>/index.json` maps each figure to its title, the package function that
     computed it, the notebook and the stage — the report's "reproduce this figure" table.
     `key=True` marks the stage's headline figure (its thumbnail on the report page);
-    `problems` lists what `figure_problems` finds missing (axis labels), empty when none.
+    `problems` lists what `figure_problems` finds missing (axis labels), empty when none;
+    `smallest_text_pt` is the smallest text as the book shows it (`smallest_text_pt`).
     """
     import matplotlib.pyplot as plt
 
@@ -131,6 +160,7 @@ def register_figure(
     if not fig.axes or not any(ax.get_title() or fig._suptitle for ax in fig.axes):
         fig.suptitle(title)
     problems = figure_problems(fig)
+    text_pt = smallest_text_pt(fig)
     save_figure(fig, path)
     plt.close(fig)
     index_path = folder / "index.json"
@@ -143,6 +173,7 @@ def register_figure(
         "notebook": f"notebooks/{STAGES[stage].notebook}.ipynb",
         "key": key,
         "problems": problems,
+        "smallest_text_pt": round(text_pt, 1) if np.isfinite(text_pt) else None,
     }
     write_json(index_path, index)
     return str(path)

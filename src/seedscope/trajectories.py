@@ -935,13 +935,6 @@ def seed_spread_test(
 # --------------------------------------------------------------------------------------
 
 
-def _log_step_axis(ax, steps) -> None:  # type: ignore[no-untyped-def]
-    positive = np.asarray(steps, dtype=float)
-    positive = positive[positive > 0]
-    ax.set_xscale("symlog", linthresh=float(positive.min()) if positive.size else 1.0)
-    ax.set_xlabel("training step (log scale)")
-
-
 def plot_class_examples(
     losses: np.ndarray,
     steps: Sequence[int] | np.ndarray,
@@ -958,15 +951,22 @@ def plot_class_examples(
     """
     import matplotlib.pyplot as plt
 
-    from seedscope.plots import run_colors
+    from seedscope.plots import run_colors, set_log_step_axis
 
     y = np.asarray(losses, dtype=float)
     colors = run_colors(list(run_names))
     labels = labels or {}
     votes = classes.groupby(["token", "class"]).size().unstack(fill_value=0)
     rng = np.random.default_rng(seed)
-    fig, axes = plt.subplots(1, len(CLASSES), figsize=(4 * len(CLASSES), 3.4), sharey=False)
-    for ax, cls in zip(axes, CLASSES, strict=True):
+    ncol = 2
+    nrow = int(np.ceil(len(CLASSES) / ncol))
+    fig, axes = plt.subplots(
+        nrow, ncol, figsize=(7.2, 3.0 * nrow + 1.0), squeeze=False, layout="constrained"
+    )
+    axes = axes.flatten()
+    for ax in axes[len(CLASSES) :]:
+        ax.set_axis_off()
+    for ax, cls in zip(axes, CLASSES, strict=False):
         if cls not in votes.columns or votes[cls].max() == 0:
             ax.set_title(f"{cls}: no token")
             ax.set_axis_off()
@@ -975,34 +975,50 @@ def plot_class_examples(
         tok = int(rng.choice(best))
         for i, run in enumerate(run_names):
             ax.plot(steps, y[i, tok], color=colors[run], lw=1.2, label=labels.get(run, str(run)))
-        _log_step_axis(ax, steps)
+        set_log_step_axis(ax, steps)
         ax.set_ylabel("loss (nats)")
         ax.set_title(
-            f"{cls.replace('_', '-')}: token {tok} ({votes.loc[tok, cls]}/{len(run_names)} runs)"
+            f"{cls.replace('_', '-')}: token {tok}\n({votes.loc[tok, cls]}/{len(run_names)} runs)",
+            fontsize=10,
         )
-    axes[0].legend(fontsize=7, frameon=False)
+    handles, names = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, names, fontsize=9, frameon=False, loc="outside lower center", ncol=2)
     fig.suptitle("Example per-token loss trajectories, all seeds")
-    fig.tight_layout()
     return fig
 
 
-def plot_transition_steps(classes: pd.DataFrame, hue: str = "run", title: str = ""):  # type: ignore[no-untyped-def]
+def plot_transition_steps(  # type: ignore[no-untyped-def]
+    classes: pd.DataFrame,
+    hue: str = "run",
+    title: str = "",
+    run_order: Sequence[str] | None = None,
+    labels: dict[str, str] | None = None,
+):
     """Histogram of transition steps (log scale) of S-shaped trajectories, by `hue`
-    (e.g. `run`, or a `set` column for divergent vs baseline tokens)."""
+    (e.g. `run`, or a `set` column for divergent vs baseline tokens). With `hue="run"`, runs
+    keep the suite's colours (`run_order`, as `seedscope.plots.run_colors`) and the legend
+    names them by `labels` (e.g. `Run.label`, which names the seed)."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
     s = classes[classes["class"] == "s_shaped"]
     fig, ax = plt.subplots(figsize=(7, 4))
-    palette = None
+    palette = hue_order = None
     if hue == "run":
         from seedscope.plots import run_colors
 
-        palette = run_colors(list(dict.fromkeys(classes["run"])))
+        runs = list(run_order) if run_order is not None else list(dict.fromkeys(classes["run"]))
+        named = labels or {}
+        colors = run_colors(runs)
+        s = s.assign(run=s["run"].map(lambda r: named.get(r, r)))
+        hue_order = [named.get(r, r) for r in runs if r in set(classes["run"])]
+        palette = {named.get(r, r): colors[r] for r in runs}
     sns.histplot(
         data=s,
         x="transition_step",
         hue=hue if hue in s.columns else None,
+        hue_order=hue_order,
         log_scale=True,
         element="step",
         fill=False,
@@ -1014,6 +1030,11 @@ def plot_transition_steps(classes: pd.DataFrame, hue: str = "run", title: str = 
     ax.set_xlabel("transition step (log scale)")
     ax.set_ylabel("density (per log10 step)")
     ax.set_title(title or "Transition steps of S-shaped loss trajectories")
+    legend = ax.get_legend()
+    if legend is not None:
+        legend.set_title(hue)
+        for text in legend.get_texts():
+            text.set_fontsize(9)
     fig.tight_layout()
     return fig
 

@@ -1145,7 +1145,7 @@ def behaviours_stage(suite: dict[str, Any], behaviours: dict[str, Any]):
     for name in cfg.behaviour_names:
         figs.append(
             register_figure(
-                bh.plot_behaviour_heatmap(table, name, "score"),
+                bh.plot_behaviour_heatmap(table, name, "score", run_order=resolved.run_names),
                 "behaviours",
                 f"heatmap_{name}",
                 f"{name}: chance-normalised score per run and checkpoint",
@@ -1396,7 +1396,9 @@ def trajectories_stage(suite: dict[str, Any], trajectories: dict[str, Any]):
             key=True,
         ),
         register_figure(
-            tj.plot_transition_steps(classes[classes["class"] == "s_shaped"]),
+            tj.plot_transition_steps(
+                classes[classes["class"] == "s_shaped"], run_order=runs, labels=labels
+            ),
             "trajectories",
             "transition_steps",
             "When S-shaped tokens make their transition",
