@@ -36,7 +36,7 @@ def hf_model(
     """The mini-suite's model (as `seedscope.train.build_model`: dropout off, sdpa)."""
     config = GPT2Config(vocab_size=vocab, n_positions=context, n_embd=d, n_layer=layers,
                         n_head=heads, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                        use_cache=False)  # fmt: skip
+                        use_cache=False, bos_token_id=0, eos_token_id=0)  # fmt: skip
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(config)
     model.loss_type = "ForCausalLM"
