@@ -23,7 +23,9 @@ import time
 
 import torch
 import torch.nn.functional as F
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2LMHeadModel
+
+from seedscope.train import TrainConfig, build_model
 
 NAMES = ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias",
          "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight", "ln_2.bias",
@@ -33,15 +35,9 @@ NAMES = ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias",
 def hf_model(
     vocab: int, context: int, d: int, layers: int, heads: int, seed: int
 ) -> GPT2LMHeadModel:
-    """The mini-suite's model (as `seedscope.train.build_model`: dropout off, sdpa)."""
-    config = GPT2Config(vocab_size=vocab, n_positions=context, n_embd=d, n_layer=layers,
-                        n_head=heads, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                        use_cache=False, bos_token_id=0, eos_token_id=0)  # fmt: skip
-    torch.manual_seed(seed)
-    model = GPT2LMHeadModel(config)
-    model.loss_type = "ForCausalLM"
-    model.set_attn_implementation("sdpa")
-    return model
+    """The mini-suite's model, built by the trainer itself (`seedscope.train.build_model`)."""
+    spec = {"n_layer": layers, "n_head": heads, "n_embd": d}
+    return build_model(spec, vocab, 0, TrainConfig(context=context), init_seed=seed)
 
 
 class StackedGPT2(torch.nn.Module):
