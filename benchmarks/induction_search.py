@@ -59,6 +59,25 @@ def repeat_ids_report(corpus_dir: Path, model: torch.nn.Module, eos: int) -> dic
     }
 
 
+def plant_token_spans(tokens: np.ndarray, context: int, spec: dict, vocab: int, eos: int) -> int:
+    """Into a share of the context-aligned chunks write [span, gap of text, span]: span ids
+    uniform over every non-EOS id, random length and gap (no positional shortcut). In place;
+    returns the number of chunks changed."""
+    rng = np.random.default_rng(spec.get("seed", 0))
+    lo, hi = spec.get("min_len", 8), spec.get("max_len", 20)
+    ids = np.setdiff1d(np.arange(vocab), [eos])
+    n_chunks = len(tokens) // context
+    chosen = np.flatnonzero(rng.random(n_chunks) < spec.get("share", 0.5))
+    for c in chosen:
+        length = int(rng.integers(lo, hi + 1))
+        gap = int(rng.integers(0, context - 2 * length))
+        start = c * context + int(rng.integers(0, context - 2 * length - gap + 1))
+        span = rng.choice(ids, size=length, replace=False)
+        tokens[start : start + length] = span
+        tokens[start + length + gap : start + 2 * length + gap] = span
+    return len(chosen)
+
+
 def _run(args: argparse.Namespace) -> Run:
     return Run(
         name=args.size, repo_id=f"search/{args.size}-x{args.seed}", seed=args.seed, size=args.size
@@ -70,6 +89,14 @@ def run_corpus(args: argparse.Namespace) -> None:
     corpus_dir = out / "corpus"
     if not (corpus_dir / "train_tokens.npy").is_file():
         build_corpus(CorpusConfig(**json.loads(args.corpus)), corpus_dir)
+        spans = json.loads(args.spans)
+        if spans:
+            tokens = np.load(corpus_dir / "train_tokens.npy")
+            corpus = load_corpus(corpus_dir)
+            context = json.loads(args.train).get("context", TrainConfig().context)
+            n = plant_token_spans(tokens, context, spans, corpus.vocab_size, corpus.eos_id)
+            np.save(corpus_dir / "train_tokens.npy", tokens)
+            print(f"planted token spans in {n} of {len(tokens) // context} chunks")
     (out / "train.json").write_text(args.train)
     suite = Suite(
         name="search",
@@ -154,6 +181,9 @@ def main() -> None:
     c.add_argument("--every", type=int, default=500)
     c.add_argument("--corpus", default="{}", help="CorpusConfig overrides, JSON")
     c.add_argument("--train", default="{}", help="TrainConfig overrides, JSON")
+    c.add_argument(
+        "--spans", default="{}", help='token-level copies in train chunks, JSON: {"share": 0.5}'
+    )
     c.set_defaults(func=run_corpus)
     r = sub.add_parser("report", help="checkpoint table + repeat-id probe of a corpus run")
     r.add_argument("--out", required=True)

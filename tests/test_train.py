@@ -22,9 +22,11 @@ from seedscope.train import (
     TrainConfig,
     batch_indices,
     build_model,
+    copy_share_at,
     induction_probe,
     load_corpus,
     lr_at,
+    plant_copies,
     probe_sequences,
     train_run,
     train_suite,
@@ -45,7 +47,9 @@ SUITE = Suite(
     steps=STEPS,
     runs=RUNS,
 )
-CFG = TrainConfig.smoke(context=16, batch_size=4, eval_windows=4, probe_sequences=2)
+# With planted copies (annealed inside the schedule), so determinism and kill/resume cover them.
+COPIES = dict(copy_share=0.5, copy_anneal_steps=15, copy_min_len=2, copy_max_len=6)
+CFG = TrainConfig.smoke(context=16, batch_size=4, eval_windows=4, probe_sequences=2, **COPIES)
 
 
 def _safetensors(cache: Path, run: Run, step: int) -> bytes:
@@ -138,6 +142,42 @@ def test_batch_indices_cover_every_chunk_once_per_epoch() -> None:
     assert not np.array_equal(stream[:10], stream[10:20])  # each epoch its own order
     np.testing.assert_array_equal(batch_indices(n_chunks, batch, 7, 3), stream[12:16])
     assert not np.array_equal(batch_indices(n_chunks, batch, 8, 0), stream[:4])
+
+
+def test_plant_copies_writes_a_span_a_gap_and_the_same_span_deterministically() -> None:
+    cfg = TrainConfig(context=64, copy_share=0.75, copy_anneal_steps=100, copy_share_final=0.25)
+    rows = np.zeros((400, 64), dtype=np.int64)  # "text" of id 0; span ids are 1..511
+    ids = np.arange(1, 512)
+    out = plant_copies(rows, 7, 3, cfg, ids)
+    assert np.array_equal(out, plant_copies(rows, 7, 3, cfg, ids))
+    assert not np.array_equal(out, plant_copies(rows, 8, 3, cfg, ids))
+    assert not rows.any()  # the input is left alone
+    planted = out.any(axis=1)
+    assert 0.65 < planted.mean() < 0.85  # share at step 7: 0.75 - 0.5 * 0.07 = 0.715
+    gaps, starts = [], []
+    for row in out[planted]:
+        where = np.flatnonzero(row)
+        n = len(where) // 2
+        first, second = row[where[:n]], row[where[n:]]
+        assert cfg.copy_min_len <= n <= cfg.copy_max_len
+        assert np.array_equal(first, second) and len(set(first)) == n  # distinct ids
+        assert np.array_equal(np.diff(where[:n]), np.ones(n - 1))  # contiguous copies
+        gaps.append(where[n] - where[n - 1] - 1)
+        starts.append(where[0])
+    assert min(gaps) == 0 and max(gaps) > 20 and len(set(starts)) > 20  # no fixed offsets
+    assert copy_share_at(0, cfg) == 0.75 and copy_share_at(50, cfg) == pytest.approx(0.5)
+    assert copy_share_at(100, cfg) == copy_share_at(10**6, cfg) == 0.25
+    off = TrainConfig(context=64)
+    assert np.array_equal(plant_copies(out, 7, 3, off, ids), out)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"copy_share": 0.5, "copy_max_len": 40}, {"copy_share": 1.5}, {"copy_anneal_steps": -1}],
+)
+def test_copy_settings_that_cannot_work_are_refused(overrides: dict) -> None:
+    with pytest.raises(SeedscopeError, match="copy"):
+        TrainConfig(context=64, **overrides)
 
 
 def test_unigram_loss_matches_hand_computation() -> None:
@@ -235,7 +275,8 @@ def test_resume_after_kill_9_is_bit_identical(
                       revision_format="checkpoint-{{step}}", tokenizer="local",
                       steps={STEPS!r}, runs=())
         run = Run(name="small-x1", repo_id="test/tiny-small-x1", seed=1, size="small")
-        cfg = TrainConfig.smoke(context=16, batch_size=4, eval_windows=4, probe_sequences=2)
+        cfg = TrainConfig.smoke(context=16, batch_size=4, eval_windows=4, probe_sequences=2,
+                                **{COPIES!r})
         kill_at = int(os.environ.get("KILL_AT", "-1"))
         def on_step(step):
             if step == kill_at:
@@ -326,7 +367,9 @@ def test_init_seed_and_data_seed_decouple(corpus: Path, tmp_path: Path) -> None:
 def test_train_suite_with_two_workers_matches_in_process_runs(
     reference: dict, corpus: Path, tmp_path: Path
 ) -> None:
-    cfg = TrainConfig.smoke(context=16, batch_size=4, eval_windows=4, probe_sequences=2, workers=2)
+    cfg = TrainConfig.smoke(
+        context=16, batch_size=4, eval_windows=4, probe_sequences=2, workers=2, **COPIES
+    )
     frame = train_suite(
         SUITE, corpus, tmp_path / "hub", cfg, log_dir=tmp_path / "logs", progress=False
     )

@@ -78,6 +78,14 @@ class TrainConfig:
     eval_windows: int = 128  # eval windows scored at every checkpoint (diagnostic)
     probe_sequences: int = 32  # induction-probe sequences per checkpoint (diagnostic)
     probe_min_count: int = 5  # probe ids: seen >= this often in training (diagnostic)
+    # Token-level copies written into training rows (`plant_copies`): the share of rows that
+    # get [span, gap, span] at step 0, falling linearly to `copy_share_final` at step
+    # `copy_anneal_steps` (0 = constant), spans of `copy_min_len..copy_max_len` ids.
+    copy_share: float = 0.0
+    copy_share_final: float = 0.0
+    copy_anneal_steps: int = 0
+    copy_min_len: int = 8
+    copy_max_len: int = 20
 
     def __post_init__(self) -> None:
         if not isinstance(self.sizes, dict) or not self.sizes:
@@ -121,12 +129,33 @@ class TrainConfig:
                 raise SeedscopeError(
                     f"TrainConfig key `{key}` is {getattr(self, key)!r}.", "give a number > 0."
                 )
-        for key in ("min_lr_ratio", "weight_decay", "beta1", "beta2"):
+        for key in (
+            "min_lr_ratio",
+            "weight_decay",
+            "beta1",
+            "beta2",
+            "copy_share",
+            "copy_share_final",
+        ):
             value = getattr(self, key)
             if not (isinstance(value, int | float) and 0 <= value <= 1):
                 raise SeedscopeError(
                     f"TrainConfig key `{key}` is {value!r}.", "give a number in [0, 1]."
                 )
+        lengths = (self.copy_min_len, self.copy_max_len, self.copy_anneal_steps)
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in lengths):
+            raise SeedscopeError(
+                f"TrainConfig keys copy_min_len / copy_max_len / copy_anneal_steps are {lengths}.",
+                "give integers >= 0.",
+            )
+        if self.copy_share > 0 and not (
+            2 <= self.copy_min_len <= self.copy_max_len and 2 * self.copy_max_len <= self.context
+        ):
+            raise SeedscopeError(
+                f"TrainConfig copy spans of {self.copy_min_len}-{self.copy_max_len} ids do not "
+                f"fit twice in a context of {self.context}.",
+                "give 2 <= copy_min_len <= copy_max_len <= context / 2.",
+            )
         if self.position_init not in _POSITION_INITS:
             raise SeedscopeError(
                 f"TrainConfig key `position_init` is {self.position_init!r}.",
@@ -262,6 +291,39 @@ def batch_indices(n_chunks: int, batch_size: int, data_seed: int, step: int) -> 
         perm = np.random.default_rng([data_seed, int(epoch)]).permutation(n_chunks)
         mask = epochs == epoch
         out[mask] = perm[within[mask]]
+    return out
+
+
+def copy_share_at(step: int, cfg: TrainConfig) -> float:
+    """Share of training rows that carry a planted copy at `step` (linear anneal)."""
+    if cfg.copy_anneal_steps <= 0:
+        return cfg.copy_share
+    frac = min(1.0, step / cfg.copy_anneal_steps)
+    return cfg.copy_share + (cfg.copy_share_final - cfg.copy_share) * frac
+
+
+def plant_copies(
+    rows: np.ndarray, step: int, data_seed: int, cfg: TrainConfig, ids: np.ndarray
+) -> np.ndarray:
+    """A copy of `rows` `[B, context]` in which each row, with probability
+    `copy_share_at(step)`, holds a span of distinct ids uniform over `ids`, then a gap of
+    its own text of random length, then the span again, at a random offset: nothing but
+    copying predicts the second span, and neither the gap nor the position gives a shortcut
+    (Kawata et al. 2025; Bi-Induct, Sabry & Belz 2025 anneal such copies). The draws depend
+    only on (data_seed, step), so a resumed run sees the same batches."""
+    share = copy_share_at(step, cfg)
+    out = rows.copy()
+    if share <= 0:
+        return out
+    rng = np.random.default_rng([data_seed, step, 0xC0B1])
+    context = rows.shape[1]
+    for row in np.flatnonzero(rng.random(len(rows)) < share):
+        length = int(rng.integers(cfg.copy_min_len, cfg.copy_max_len + 1))
+        gap = int(rng.integers(0, context - 2 * length + 1))
+        start = int(rng.integers(0, context - 2 * length - gap + 1))
+        span = rng.choice(ids, size=length, replace=False)
+        out[row, start : start + length] = span
+        out[row, start + length + gap : start + 2 * length + gap] = span
     return out
 
 
@@ -596,6 +658,7 @@ def _train(
     counts[corpus.eos_id] = -1  # never a probe token
     probe_ids = np.flatnonzero(counts >= max(cfg.probe_min_count, 1))
     all_ids = np.flatnonzero(counts >= 0)
+    copy_ids = np.setdiff1d(np.arange(corpus.vocab_size), [corpus.eos_id])
 
     def checkpoint(at: int) -> None:
         """State first (resume point), then the snapshot, then the logs."""
@@ -640,7 +703,8 @@ def _train(
         leave=True, dynamic_ncols=True,
     )  # fmt: skip
     while step < total:
-        x = torch.from_numpy(chunks[batch_indices(n_chunks, cfg.batch_size, data_seed, step)])
+        rows = chunks[batch_indices(n_chunks, cfg.batch_size, data_seed, step)]
+        x = torch.from_numpy(plant_copies(rows, step, data_seed, cfg, copy_ids))
         lr = lr_at(step, total, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
