@@ -773,6 +773,8 @@ def score_items(
             f"The neutral prompt {neutral_prompt!r} has no tokens.", "use a non-empty one."
         )
     n_first: dict[int, int] = {}
+    neutral_of: dict[tuple[int, ...], int] = {}
+    neutral_cells: list[tuple[int, int, int]] = []  # (item, option, distinct-option index)
     for i, item in enumerate(items):
         if item.behaviour not in BEHAVIOURS:
             check_behaviours([item.behaviour])
@@ -786,7 +788,11 @@ def score_items(
             if not o_ids:
                 raise SeedscopeError(f"Option {opt!r} has no tokens.", "use non-empty options.")
             rows.append((i, j, p_ids + o_ids, len(p_ids), False))
-            rows.append((i, j, n_ids + o_ids, len(n_ids), True))
+            # the neutral score depends on the option alone: one row per distinct option
+            if tuple(o_ids) not in neutral_of:
+                neutral_of[tuple(o_ids)] = len(neutral_of)
+                rows.append((-1, neutral_of[tuple(o_ids)], n_ids + o_ids, len(n_ids), True))
+            neutral_cells.append((i, j, neutral_of[tuple(o_ids)]))
         if item.first_copy is not None:
             f_ids = encode(tokenizer, item.first_copy)
             if p_ids[: len(f_ids)] == f_ids:
@@ -811,6 +817,7 @@ def score_items(
         if language_map is not None
         else None
     )
+    neutral_logp = np.full(len(neutral_of), np.nan)
     order = sorted(range(len(rows)), key=lambda r: -len(rows[r][2]))
     pad = 0
     with torch.inference_mode():
@@ -829,7 +836,7 @@ def score_items(
             for b, (i, j, seq, n_p, neutral) in enumerate(batch):
                 lp = tok_lp[b, : len(seq) - 1].double().numpy()
                 if neutral:
-                    logp_neutral[i, j] = lp[n_p - 1 :].sum()
+                    neutral_logp[j] = lp[n_p - 1 :].sum()
                     continue
                 logp[i, j] = lp[n_p - 1 :].sum()
                 opt_tokens[i, j] = len(seq) - n_p
@@ -846,6 +853,8 @@ def score_items(
                     nf = n_first[i]
                     first_loss[i] = -lp[: nf - 1].mean()  # predicts tokens 1 .. nf-1
                     second_loss[i] = -lp[nf:].mean()  # predicts tokens nf+1 .. end
+    for i, j, shared in neutral_cells:
+        logp_neutral[i, j] = neutral_logp[shared]
     with np.errstate(invalid="ignore", divide="ignore"):
         per_token = logp / opt_tokens
     pmi = logp - logp_neutral
