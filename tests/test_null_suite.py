@@ -54,7 +54,7 @@ def twin_results(smoke_project, tmp_path_factory):
         mp.setenv("SEEDSCOPE_ROOT", str(root))
         mp.setenv("SEEDSCOPE_SUITES", str(suites))
         workflow.suites_stage(params["suite"])
-        workflow.token_losses_stage(params["suite"], params["token_losses"])
+        workflow.token_losses_stage(params["suite"], params["token_losses"])  # no probes
         for stage in ("loss_correlation", "convergence", "loss_pca"):
             out[stage] = getattr(workflow, f"{stage}_stage")(params["suite"], params[stage])
         resolved = workflow.resolve_suite(params["suite"])
@@ -167,7 +167,10 @@ def twin_induction(smoke_project, tmp_path_factory):
         mp.setenv("SEEDSCOPE_ROOT", str(root))
         mp.setenv("SEEDSCOPE_SUITES", str(suites))
         workflow.suites_stage(params["suite"])
-        out = workflow.induction_stage(params["suite"], {**params["induction"], **small})
+        sweep = {**params["token_losses"], "steps": ["final", "mid"]}
+        induction = {**params["induction"], **small}
+        workflow.token_losses_stage(params["suite"], sweep, induction=induction)
+        out = workflow.induction_stage(params["suite"], induction)
     out["root"] = root
     return out
 

@@ -35,6 +35,8 @@ def twin_behaviours(smoke_project, tmp_path_factory):
         mp.setenv("SEEDSCOPE_ROOT", str(root))
         mp.setenv("SEEDSCOPE_SUITES", str(suites))
         workflow.suites_stage(params["suite"])
+        sweep = {**params["token_losses"], "steps": ["final", "mid"]}
+        workflow.token_losses_stage(params["suite"], sweep, behaviours=params["behaviours"])
         out = workflow.behaviours_stage(params["suite"], params["behaviours"])
     out["root"] = root
     return out

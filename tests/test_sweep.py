@@ -10,9 +10,11 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from seedscope.errors import SeedscopeError
@@ -24,6 +26,7 @@ from seedscope.sweep import (
     SweepConfig,
     Unit,
     choose_trajectory_tokens,
+    read_probe_tables,
     resolve_units,
     run_sweep,
 )
@@ -386,3 +389,87 @@ def test_unit_recomputed_when_its_checkpoint_commit_changes(tmp_path):
     assert list(run_sweep(SUITE, _windows(), out, cfg, **kw).status) == ["computed"]
     after = load_logprobs(out, ["small-x21"], 60)["small-x21"]
     assert np.nanmax(np.abs(after - before)) > 1e-3
+
+
+# ----------------------------------------------------------------------------- probes
+
+
+@dataclass(frozen=True)
+class ToyProbe:
+    """A probe whose table is a fingerprint of the weights it saw."""
+
+    steps: frozenset
+    version: int = 1
+    name: str = "toy"
+
+    def digest(self) -> str:
+        return f"toy-{self.version}"
+
+    def measure(self, model) -> dict:
+        total = sum(float(p.detach().double().sum()) for p in model.parameters())
+        return {"weights": pd.DataFrame({"sum": [total], "version": [self.version]})}
+
+
+class CountingStore(LoaderStore):
+    def __init__(self, loader):
+        super().__init__(loader)
+        object.__setattr__(self, "calls", [])
+
+    def load(self, unit):
+        self.calls.append((unit.run, unit.step))
+        return self.loader(unit)
+
+
+def test_probes_are_measured_in_the_same_unit_one_load_per_checkpoint(tmp_path):
+    cfg = SweepConfig(**{**CFG.__dict__, "steps": ("final",), "trajectory_tokens": 0})
+    probe = ToyProbe(frozenset({5, 15, 60}))
+    store = CountingStore(LOADER)
+    frame = run_sweep(
+        SUITE, _windows(), tmp_path, cfg, store=store, runs=RUNS, progress=False, probes=[probe]
+    )
+    # final (60) carries log-probs and the probe; 5 and 15 become probe-only units
+    assert sorted(store.calls) == sorted((r, s) for r in RUNS for s in (5, 15, 60))
+    kinds = frame.set_index(["run", "step"])["kind"]
+    assert kinds[(RUNS[0], 60)] == "full" and kinds[(RUNS[0], 5)] == "probe"
+    tables = read_probe_tables(tmp_path, "toy", "weights", RUNS, [5, 15, 60], "toy-1")
+    for (run, step), table in tables.items():
+        model = LOADER(Unit(run, step, "", ""))
+        expect = sum(float(p.detach().double().sum()) for p in model.parameters())
+        assert table["sum"].iloc[0] == pytest.approx(expect, rel=1e-12)
+    assert tables[(RUNS[0], 5)]["sum"].iloc[0] != tables[(RUNS[0], 15)]["sum"].iloc[0]
+    with pytest.raises(SeedscopeError, match="rerun stage `token_losses`"):
+        read_probe_tables(tmp_path, "toy", "weights", RUNS, [5], "toy-2")
+    with pytest.raises(SeedscopeError, match="no 'toy' table"):
+        read_probe_tables(tmp_path, "toy", "weights", RUNS, [10], "toy-1")
+    # rerun: nothing loaded again; a new probe version recomputes exactly its units
+    store.calls.clear()
+    again = run_sweep(
+        SUITE, _windows(), tmp_path, cfg, store=store, runs=RUNS, progress=False, probes=[probe]
+    )
+    assert store.calls == [] and set(again.status) == {"skipped"}
+    newer = ToyProbe(frozenset({5, 15, 60}), version=2)
+    run_sweep(
+        SUITE, _windows(), tmp_path, cfg, store=store, runs=RUNS, progress=False, probes=[newer]
+    )
+    assert sorted(store.calls) == sorted((r, s) for r in RUNS for s in (5, 15, 60))
+    assert (
+        read_probe_tables(tmp_path, "toy", "weights", RUNS, [5], "toy-2")[(RUNS[0], 5)][
+            "version"
+        ].iloc[0]
+        == 2
+    )
+    # a sweep without the probe prunes its probe-only units and its tables
+    run_sweep(SUITE, _windows(), tmp_path, cfg, store=store, runs=RUNS, progress=False, prune=True)
+    assert not list(tmp_path.rglob("*.parquet"))
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert sorted(u["step"] for u in manifest["units"].values()) == [60, 60]
+
+
+def test_a_probe_step_off_the_schedule_is_refused_before_any_work(tmp_path):
+    store = CountingStore(LOADER)
+    with pytest.raises(SeedscopeError, match=r"steps \[7\]"):
+        run_sweep(
+            SUITE, _windows(), tmp_path, CFG, store=store, runs=RUNS, progress=False,
+            probes=[ToyProbe(frozenset({5, 7}))],
+        )  # fmt: skip
+    assert store.calls == []

@@ -1820,3 +1820,61 @@ def fit_to_context(
         else:
             dropped[item.behaviour] += 1
     return kept, dict(dropped)
+
+
+@lru_cache(maxsize=4)
+def _probe_tokenizer(tokenizer_dir: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+@dataclass(frozen=True, eq=False)
+class BehaviourProbe:
+    """The battery scored on one checkpoint inside its sweep unit (`sweep.CheckpointProbe`):
+    tables `scores` (`score_items`, after `fit_to_context` at the model's context) and
+    `dropped` (items per behaviour that did not fit)."""
+
+    items: tuple[ProbeItem, ...]
+    tokenizer_dir: str
+    lexicons: Mapping[str, Sequence[str]]
+    letters: Mapping[str, str] | None
+    scoring: str
+    batch_size: int
+    steps: frozenset[int]
+    name: str = "behaviours"
+
+    def digest(self) -> str:
+        import hashlib
+        import json
+
+        tok = Path(self.tokenizer_dir)
+        files = sorted(p for p in tok.iterdir() if p.is_file()) if tok.is_dir() else []
+        payload = {
+            "items": [
+                [i.behaviour, i.prompt, i.correct, list(i.alternatives), i.group, i.language,
+                 i.first_copy]
+                for i in self.items
+            ],
+            "lexicons": {k: list(v) for k, v in self.lexicons.items()},
+            "letters": dict(self.letters) if self.letters else None,
+            "scoring": self.scoring,
+            "batch_size": self.batch_size,
+            "tokenizer": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files},
+        }  # fmt: skip
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    def measure(self, model: Any) -> dict[str, pd.DataFrame]:
+        tokenizer = _probe_tokenizer(self.tokenizer_dir)
+        language_map = language_token_map(tokenizer, self.lexicons, self.letters)
+        items, dropped = fit_to_context(self.items, tokenizer, model.config.n_positions)
+        scores = score_items(
+            model, tokenizer, items, self.batch_size, "cpu", language_map, self.scoring
+        )
+        return {
+            "scores": scores,
+            "dropped": pd.DataFrame(
+                {"behaviour": list(dropped), "n_dropped": list(dropped.values())},
+                columns=["behaviour", "n_dropped"],
+            ),
+        }

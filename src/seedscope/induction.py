@@ -1033,3 +1033,96 @@ def plot_induction_over_training(
     ax.legend(fontsize=9, frameon=False)
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------------------
+# The per-checkpoint measurement, taken inside the sweep unit
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class InductionProbe:
+    """Analysis 6's measurements of one checkpoint (`sweep.CheckpointProbe`), so the stage
+    reads tables, never weights. Tables: `scores` (`head_scores(per_sequence=True)`, one row
+    per sequence x head), `copy` (per-sequence first/second-copy loss), `icl` (per-window
+    ICL score) and `all_ids` (the same probe over every id: best head's score, copy-loss
+    ratio; the stage reports it at the final step). Probe ids: `probe_token_ids(counts, ...)`; `counts` None = all."""
+
+    tokenizer_dir: str
+    counts: np.ndarray | None
+    min_count: int
+    n_seqs: int
+    half_len: int
+    seed: int
+    batch_size: int
+    icl_windows: np.ndarray
+    icl_early: tuple[int, int]
+    icl_late: tuple[int, int]
+    steps: frozenset[int]
+    name: str = "induction"
+
+    def digest(self) -> str:
+        import hashlib
+        import json
+        from pathlib import Path
+
+        tok = Path(self.tokenizer_dir)
+        files = sorted(p for p in tok.iterdir() if p.is_file()) if tok.is_dir() else []
+        h = hashlib.sha256()
+        for p in files:
+            h.update(p.name.encode() + p.read_bytes())
+        if self.counts is not None:
+            h.update(np.ascontiguousarray(self.counts, dtype=np.int64).tobytes())
+        h.update(np.ascontiguousarray(self.icl_windows, dtype=np.int64).tobytes())
+        keys = ("min_count", "n_seqs", "half_len", "seed", "batch_size", "icl_early",
+                "icl_late")  # fmt: skip
+        h.update(json.dumps({k: getattr(self, k) for k in keys}, default=list).encode())
+        return h.hexdigest()[:16]
+
+    def sequences(self, model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(probe sequences over the allowed ids, the same over every id, number of ids
+        allowed)."""
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_dir)
+        special = sorted(set(tokenizer.all_special_ids))
+        vocab = model.config.vocab_size
+        allowed = probe_token_ids(self.counts, vocab, self.min_count, special)
+        args = (vocab, self.n_seqs, self.half_len, self.seed, special[0], special)
+        seqs = repeated_random_tokens(*args, allowed)
+        return seqs, repeated_random_tokens(*args), int(allowed.size)
+
+    def measure(self, model: torch.nn.Module) -> dict[str, pd.DataFrame]:
+        from seedscope.losses import token_logprobs
+
+        seqs, seqs_all, n_ids = self.sequences(model)
+        with torch.inference_mode():
+            scores = head_scores(model, seqs, self.batch_size, per_sequence=True)
+        copy = pd.DataFrame(
+            {
+                "first_copy_loss": scores.attrs["first_copy_loss"],
+                "second_copy_loss": scores.attrs["second_copy_loss"],
+            }
+        )
+        scores.attrs.clear()
+        bands = icl_bands(self.icl_windows.shape[1] - 1, self.icl_early, self.icl_late)
+        lp = token_logprobs(model, self.icl_windows, batch_size=self.batch_size, device="cpu")
+        icl = icl_score(-lp[:, 1:], early=bands[0], late=bands[1], per_window=True)
+        with torch.inference_mode():
+            every = head_scores(model, seqs_all, self.batch_size)
+        all_ids = pd.DataFrame(
+            {
+                "induction": [float(every["induction"].max())],
+                "copy_loss_ratio": [
+                    float(np.mean(every.attrs["second_copy_loss"]))
+                    / float(np.mean(every.attrs["first_copy_loss"]))
+                ],
+            }
+        )
+        info = pd.DataFrame(
+            {"n_ids": [n_ids], "accidental_repeats": [accidental_repeat_fraction(seqs)]}
+        )
+        return {
+            "scores": scores, "copy": copy, "icl": pd.DataFrame({"icl": icl}),
+            "all_ids": all_ids, "info": info,
+        }  # fmt: skip

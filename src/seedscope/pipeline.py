@@ -42,7 +42,9 @@ STAGES: dict[str, Stage] = {
         Stage("suites", "01_suites", ("suite",)),
         Stage("corpus", "02_corpus", ("corpus",)),
         Stage("train", "03_train", ("suite", "corpus", "train")),
-        Stage("token_losses", "04_token_losses", ("suite", "token_losses")),
+        Stage(
+            "token_losses", "04_token_losses", ("suite", "token_losses", "behaviours", "induction")
+        ),
         Stage("loss_correlation", "05_loss_correlation", ("suite", "loss_correlation")),
         Stage("convergence", "06_convergence", ("suite", "convergence")),
         Stage("loss_pca", "07_loss_pca", ("suite", "loss_pca")),

@@ -10,6 +10,11 @@ Steps: `full` steps (`final`, `mid`, integers) store the whole `[n_windows, wind
 `all` adds every schedule step, for which only the trajectory token subset is stored.
 One output folder holds one configuration (suite, windows, trajectory subset, dtype); a
 sweep into a folder made with another configuration is refused.
+
+Checkpoint probes (`CheckpointProbe`: behaviour scores, induction-head scores) are measured
+in the same unit while its model is loaded, so each checkpoint is fetched once and later
+stages read tables, never weights; a probe's steps that the log-prob sweep does not cover
+become probe-only units.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from seedscope.errors import SeedscopeError, connect_problem
-from seedscope.io import write_json, write_npy
+from seedscope.io import write_json, write_npy, write_parquet
 from seedscope.losses import (
     _DTYPES,
     MANIFEST,
@@ -140,6 +145,11 @@ class Unit:
     repo_id: str = field(compare=False)
     revision: str = field(compare=False)
     full: bool = field(default=True, compare=False)
+    logprobs: bool = field(default=True, compare=False)  # False: a probe-only unit
+
+    @property
+    def kind(self) -> str:
+        return "full" if self.full else "traj" if self.logprobs else "probe"
 
     @property
     def key(self) -> str:
@@ -170,6 +180,62 @@ def resolve_units(
         for r in run_objs
         for s in sorted(full | every)
     ]
+
+
+class CheckpointProbe(Protocol):
+    """A per-checkpoint measurement taken inside a sweep unit.
+
+    `name` names its folder; `steps` the schedule steps it is taken at; `digest()` hashes
+    everything that determines its tables (a changed digest recomputes the unit);
+    `measure(model)` returns named tables. Must pickle (Dask workers run it)."""
+
+    name: str
+    steps: frozenset[int]
+
+    def digest(self) -> str: ...
+
+    def measure(self, model: Any) -> dict[str, pd.DataFrame]: ...
+
+
+def probe_relpath(run: str, probe: str, table: str, step: int) -> str:
+    """Where a probe table of one unit lives, relative to the sweep folder."""
+    return f"{run}/probes/{probe}/{table}/step-{int(step)}.parquet"
+
+
+def with_probe_units(units: list[Unit], probes: Sequence[Any], suite: Suite) -> list[Unit]:
+    """`units` plus a probe-only unit at each probe step no unit covers, per run."""
+    have = {(u.run, u.step) for u in units}
+    runs = {u.run: u.repo_id for u in units}
+    extra = [
+        Unit(run, step, repo, suite.revision(step), full=False, logprobs=False)
+        for run, repo in runs.items()
+        for step in sorted({s for p in probes for s in p.steps})
+        if (run, step) not in have
+    ]
+    return sorted(units + extra)
+
+
+def read_probe_tables(
+    out_dir: str | os.PathLike[str], probe: str, table: str, runs: Sequence[str],
+    steps: Sequence[int], digest: str,
+) -> dict[tuple[str, int], pd.DataFrame]:  # fmt: skip
+    """`{(run, step): table}` of `probe` from a sweep folder, every unit present and made
+    with this `digest`; otherwise a one-line error naming the stage to run."""
+    out = Path(out_dir)
+    units = read_manifest(out).get("units", {})
+    tables = {}
+    for run in runs:
+        for step in steps:
+            entry = units.get(unit_key(run, step), {}).get("probes", {}).get(probe)
+            if not entry or entry.get("digest") != digest or table not in entry["files"]:
+                raise SeedscopeError(
+                    f"The sweep in {out} holds no {probe!r} table {table!r} for run {run!r} "
+                    f"step {step} made with these settings.",
+                    "rerun stage `token_losses` (it measures the probes while each checkpoint "
+                    "is loaded): `dvc repro`.",
+                )
+            tables[(run, int(step))] = pd.read_parquet(out / entry["files"][table][0])
+    return tables
 
 
 def choose_trajectory_tokens(n_windows: int, window: int, n: int, seed: int) -> np.ndarray:
@@ -315,6 +381,7 @@ def compute_unit(
     cfg: SweepConfig,
     store: Any,
     subset: np.ndarray | None,
+    probes: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """Load, evaluate and write one unit (atomically); return its manifest entry fields.
 
@@ -335,7 +402,10 @@ def compute_unit(
     )
     n_windows, window = windows.shape
     entry: dict[str, Any] = {"file": None, "sha256": None, "traj_file": None, "traj_sha256": None}
-    if unit.full:
+    tokens = 0
+    if not unit.logprobs:
+        pass
+    elif unit.full:
         rel = unit_relpath(unit.run, unit.step)
         entry["sha256"] = evaluate_to_file(model, windows, out / rel, **kw)
         entry["file"] = rel
@@ -354,11 +424,21 @@ def compute_unit(
         lp = token_logprobs(model, windows[rows], **kw)
         traj = lp.reshape(-1)[np.searchsorted(rows, subset // window) * window + subset % window]
         tokens = len(rows) * window
-    if subset is not None:
+    if subset is not None and unit.logprobs:
         trel = unit_relpath(unit.run, unit.step, trajectory=True)
         write_npy(out / trel, traj.astype(np.float32))
         entry["traj_file"] = trel
         entry["traj_sha256"] = file_sha256(out / trel)
+    entry["probes"] = {}
+    for probe in probes:
+        if unit.step not in probe.steps:
+            continue
+        files = {}
+        for table, frame in probe.measure(model).items():
+            prel = probe_relpath(unit.run, probe.name, table, unit.step)
+            write_parquet(out / prel, frame)
+            files[table] = [prel, file_sha256(out / prel)]
+        entry["probes"][probe.name] = {"digest": probe.digest(), "files": files}
     del model
     seconds = time.perf_counter() - t0
     entry.update(tokens=int(tokens), seconds=float(seconds))
@@ -403,12 +483,25 @@ def _array_sha256(arr: np.ndarray) -> str:
 
 
 def _unit_done(
-    out: Path, entry: dict[str, Any] | None, params_hash: str, commit: str | None = None
+    out: Path,
+    entry: dict[str, Any] | None,
+    params_hash: str,
+    commit: str | None = None,
+    probes: dict[str, str] | None = None,
 ) -> bool:
     """A unit is done when the manifest lists it with this configuration, its files match
-    their sha256, and (where the cache tells) it was computed from the same weights."""
+    their sha256, (where the cache tells) it was computed from the same weights, and it
+    holds every probe in `probes` (name -> digest) with that digest and intact files."""
     if not entry or entry.get("params_hash") != params_hash:
         return False
+    held = entry.get("probes", {})
+    for name, digest in (probes or {}).items():
+        got = held.get(name)
+        if not got or got.get("digest") != digest:
+            return False
+        for rel, sha in got["files"].values():
+            if not (out / rel).is_file() or file_sha256(out / rel) != sha:
+                return False
     if commit is not None and entry.get("commit") not in (None, commit):
         return False
     for fkey, hkey in (("file", "sha256"), ("traj_file", "traj_sha256")):
@@ -459,6 +552,7 @@ def run_sweep(
     progress: bool = True,
     restart: bool = False,
     prune: bool = False,
+    probes: Sequence[Any] = (),
 ) -> pd.DataFrame:
     """Evaluate every (run, step) unit of `cfg.steps` on `windows` `[n_windows, window]`
     into `out_dir` (default `token_losses_dir()`); return one row per unit:
@@ -467,7 +561,9 @@ def run_sweep(
     Models come from `store` (a `CheckpointStore`), else `loader(unit) -> model`, else
     `seedscope.checkpoints` (hub suites are evicted after use, within
     `cfg.cache_budget_gb`, and the next download overlaps the current evaluation).
-    `trajectory_index` (flat indices) overrides the seeded trajectory subset.
+    `trajectory_index` (flat indices) overrides the seeded trajectory subset. `probes`
+    (`CheckpointProbe`s) are measured in the units at their steps (probe-only units where
+    the log-prob steps do not reach), so a checkpoint is fetched once for everything.
     A folder made with other settings is refused, or emptied first with `restart=True`;
     `prune=True` deletes units outside this sweep's list, so the folder holds exactly what
     an uninterrupted sweep into an empty folder would (how stage `token_losses` keeps its
@@ -479,13 +575,25 @@ def run_sweep(
     arr = as_windows(windows)
     out = Path(out_dir) if out_dir is not None else token_losses_dir()
     units = resolve_units(suite, runs, list(cfg.steps))
+    for probe in probes:
+        off = sorted(set(probe.steps) - set(suite.steps))
+        if off:
+            raise SeedscopeError(
+                f"Probe {probe.name!r} asks for steps {off[:5]} that suite {suite.name!r} "
+                "does not have.",
+                "choose steps from the suite's schedule (`seedscope suites` lists it).",
+            )
+    units = with_probe_units(units, probes, suite)
+    wanted = {
+        unit.key: {p.name: p.digest() for p in probes if unit.step in p.steps} for unit in units
+    }
     if store is None:
         store = LoaderStore(loader) if loader is not None else HubStore(suite, cache_dir)
     out.mkdir(parents=True, exist_ok=True)
     _clean_temp_files(out)
     manifest = read_manifest(out)
     subset = _choose_subset(arr, cfg, trajectory_index)
-    if subset is None and any(not u.full for u in units):
+    if subset is None and any(u.kind == "traj" for u in units):
         raise SeedscopeError(
             "steps include 'all' but the trajectory token subset is empty.",
             "set trajectory_tokens > 0 (or pass trajectory_index).",
@@ -541,7 +649,11 @@ def run_sweep(
     rows: list[dict[str, Any]] = []
     todo: list[Unit] = []
     for unit in units:
-        if _unit_done(out, manifest["units"].get(unit.key), params_hash, commits[unit.key]):
+        entry = manifest["units"].get(unit.key)
+        if _unit_done(out, entry, params_hash, commits[unit.key], wanted[unit.key]):
+            for name in sorted(set(entry.get("probes", {})) - set(wanted[unit.key])):
+                for rel, _ in entry["probes"].pop(name)["files"].values():
+                    (out / rel).unlink(missing_ok=True)  # a probe no longer asked for
             rows.append(_row(unit, "skipped", 0.0, 0))
         else:
             manifest["units"].pop(unit.key, None)
@@ -562,7 +674,7 @@ def run_sweep(
             "repo_id": unit.repo_id,
             "step": unit.step,
             "revision": unit.revision,
-            "kind": "full" if unit.full else "traj",
+            "kind": unit.kind,
             "params_hash": params_hash,
             "commit": commits[unit.key],
             "n_windows": int(arr.shape[0]),
@@ -580,9 +692,9 @@ def run_sweep(
 
     try:
         if cfg.scheduler:
-            _run_dask(todo, arr, out, cfg, store, subset, finish)
+            _run_dask(todo, arr, out, cfg, store, subset, finish, probes)
         else:
-            _run_local(todo, arr, out, cfg, store, subset, finish)
+            _run_local(todo, arr, out, cfg, store, subset, finish, probes)
     finally:
         bar.close()
     frame = pd.DataFrame(rows, columns=list(_row(units[0], "", 0.0, 0)) if units else None)
@@ -602,8 +714,14 @@ def _prune(out: Path, manifest: dict[str, Any], keep: set[str]) -> None:
         for entry in units.values()
         for name in ("file", "traj_file")
         if entry.get(name)
+    } | {
+        (out / rel).resolve()
+        for entry in units.values()
+        for probe in entry.get("probes", {}).values()
+        for rel, _ in probe["files"].values()
     }
-    for path in sorted(out.glob("*/step-*.npy")) + sorted(out.glob("*/traj/step-*.npy")):
+    files = sorted(out.glob("*/step-*.npy")) + sorted(out.glob("*/traj/step-*.npy"))
+    for path in files + sorted(out.glob("*/probes/*/*/step-*.parquet")):
         if path.resolve() not in listed:
             path.unlink()
     write_json(out / MANIFEST, manifest)
@@ -613,7 +731,7 @@ def _row(unit: Unit, status: str, seconds: float, tokens: int) -> dict[str, Any]
     return {
         "run": unit.run,
         "step": unit.step,
-        "kind": "full" if unit.full else "traj",
+        "kind": unit.kind,
         "status": status,
         "seconds": seconds,
         "tokens": tokens,
@@ -629,6 +747,7 @@ def _run_local(
     store: Any,
     subset: np.ndarray | None,
     finish: Callable[[Unit, dict[str, Any]], None],
+    probes: Sequence[Any] = (),
 ) -> None:
     """Sequential units in this process; for evicting (hub) stores the next unit's download
     runs in a thread while the current one is evaluated, when both fit the cache budget."""
@@ -644,7 +763,7 @@ def _run_local(
                 size = store.nbytes(unit) if evicts else 0
                 if not evicts or 2 * size <= budget:  # assume the next is as big
                     pending = pool.submit(store.fetch, nxt)
-            entry = compute_unit(unit, arr, str(out), cfg, store, subset)
+            entry = compute_unit(unit, arr, str(out), cfg, store, subset, probes)
             if evicts and not was_cached:
                 entry["evicted_bytes"] = int(store.evict(unit))
             finish(unit, entry)
@@ -694,6 +813,7 @@ def _run_dask(
     store: Any,
     subset: np.ndarray | None,
     finish: Callable[[Unit, dict[str, Any]], None],
+    probes: Sequence[Any] = (),
 ) -> None:
     """Units as Dask tasks; workers write unit files, results come back here for the
     manifest. Hub stores fetch, evaluate and evict on the worker."""
@@ -713,6 +833,7 @@ def _run_dask(
                 cfg,
                 store,
                 subset,
+                probes,
                 key=f"seedscope-unit-{unit.key}-{time.time_ns()}",
                 pure=False,
             ): unit
@@ -731,10 +852,11 @@ def _dask_unit(
     cfg: SweepConfig,
     store: Any,
     subset: np.ndarray | None,
+    probes: Sequence[Any] = (),
 ) -> dict[str, Any]:
     evicts = bool(getattr(store, "evicts", False))
     was_cached = store.fetch(unit)
-    entry = compute_unit(unit, arr, out_dir, cfg, store, subset)
+    entry = compute_unit(unit, arr, out_dir, cfg, store, subset, probes)
     if evicts and not was_cached:
         entry["evicted_bytes"] = int(store.evict(unit))
     return entry
@@ -743,6 +865,6 @@ def _dask_unit(
 def units_frame(units: Iterable[Unit]) -> pd.DataFrame:
     """Units as a table (run, step, repo_id, revision, kind), e.g. to preview a sweep."""
     return pd.DataFrame(
-        [{**asdict(u), "kind": "full" if u.full else "traj"} for u in units],
+        [{**asdict(u), "kind": u.kind} for u in units],
         columns=["run", "step", "repo_id", "revision", "full", "kind"],
     )

@@ -1050,25 +1050,55 @@ def resolve_steps(resolved: ResolvedSuite, steps: Any) -> list[int]:
     return sorted(out)
 
 
+def behaviour_probe(resolved: ResolvedSuite, cfg: Any):  # type: ignore[no-untyped-def]
+    """The behaviour battery as a sweep probe (`behaviours.BehaviourProbe`) at the stage's
+    steps: stage `token_losses` measures it, stage `behaviours` reads its tables."""
+    from seedscope import behaviours as bh
+    from seedscope.paths import corpus_dir
+
+    steps = [resolved.suite.check_step(s) for s in resolve_steps(resolved, cfg.steps)]
+    truth = read_json(corpus_dir() / "ground_truth.json") if cfg.source == "planted" else None
+    items = bh.probes_for(cfg.source, cfg.n_per_behaviour, cfg.seed, truth, cfg.behaviour_names)
+    lexicons, letters = bh.language_lexicons(cfg.source, truth)
+    return bh.BehaviourProbe(
+        tuple(items), str(corpus_dir() / "tokenizer"), lexicons, letters, cfg.scoring,
+        cfg.batch_size, frozenset(steps),
+    )  # fmt: skip
+
+
+def induction_probe(resolved: ResolvedSuite, cfg: Any):  # type: ignore[no-untyped-def]
+    """Analysis 6's per-checkpoint measurements as a sweep probe (`induction.InductionProbe`)
+    at the stage's steps: stage `token_losses` measures it, stage `induction` reads it."""
+    import numpy as np
+
+    from seedscope import induction as ind
+    from seedscope.paths import corpus_dir
+
+    steps = [resolved.suite.check_step(s) for s in resolve_steps(resolved, cfg.steps)]
+    tokens, _ = load_eval_data()
+    return ind.InductionProbe(
+        str(corpus_dir() / "tokenizer"), _probe_counts(), cfg.probe_min_count, cfg.n_seqs,
+        cfg.half_len, cfg.seed, cfg.batch_size, np.asarray(tokens[: cfg.icl_windows]),
+        tuple(cfg.icl_early), tuple(cfg.icl_late), frozenset(steps),
+    )  # fmt: skip
+
+
 def behaviours_stage(suite: dict[str, Any], behaviours: dict[str, Any]):
     """Stage `behaviours` (analysis 4): the battery over every run x checkpoint."""
     import numpy as np
-    import torch
-    from tqdm.auto import tqdm
 
     from seedscope import behaviours as bh
-    from seedscope.checkpoints import load_checkpoint
     from seedscope.io import write_parquet
     from seedscope.metrics import headline, write_metrics
-    from seedscope.paths import corpus_dir
     from seedscope.plots import register_figure
+    from seedscope.sweep import read_probe_tables
 
     resolved = resolve_suite(suite)
     cfg = stage_config("behaviours", behaviours)
-    steps = [resolved.suite.check_step(s) for s in resolve_steps(resolved, cfg.steps)]
+    probe = behaviour_probe(resolved, cfg)
+    steps = sorted(probe.steps)
     out, _ = fresh_outputs("behaviours")
-    truth = read_json(corpus_dir() / "ground_truth.json") if cfg.source == "planted" else None
-    items = bh.probes_for(cfg.source, cfg.n_per_behaviour, cfg.seed, truth, cfg.behaviour_names)
+    items = probe.items
     write_parquet(
         out / "probes.parquet",
         pd.DataFrame(
@@ -1084,20 +1114,11 @@ def behaviours_stage(suite: dict[str, Any], behaviours: dict[str, Any]):
             ]
         ),
     )
-    lexicons, letters = bh.language_lexicons(cfg.source, truth)
-    torch.set_num_threads(cfg.threads)
-    scores = {}
-    language_map = None
-    dropped: dict[str, int] = {}
-    units = [(run, step) for run in resolved.run_names for step in steps]
-    for run, step in tqdm(units, desc="behaviours", unit="checkpoint"):
-        model, tokenizer = load_checkpoint(resolved.suite, run, step)
-        if language_map is None:
-            language_map = bh.language_token_map(tokenizer, lexicons, letters)
-            items, dropped = bh.fit_to_context(items, tokenizer, model.config.n_positions)
-        scores[(run, step)] = bh.score_items(
-            model, tokenizer, items, cfg.batch_size, "cpu", language_map, cfg.scoring
-        )
+    # measured by stage token_losses while each checkpoint was loaded (one fetch each)
+    root, names, digest = token_losses_root(resolved), resolved.run_names, probe.digest()
+    scores = read_probe_tables(root, probe.name, "scores", names, steps, digest)
+    first = read_probe_tables(root, probe.name, "dropped", names[:1], steps[:1], digest)
+    dropped = {str(r.behaviour): int(r.n_dropped) for r in next(iter(first.values())).itertuples()}
     item_scores = pd.concat(
         [frame.assign(run=run, step=step) for (run, step), frame in scores.items()],
         ignore_index=True,
@@ -1645,62 +1666,43 @@ def _probe_counts():  # type: ignore[no-untyped-def]
 def induction_stage(suite: dict[str, Any], induction: dict[str, Any]):
     """Stage `induction` (analysis 6): head scores over training and the phase change."""
     import numpy as np
-    import torch
-    from tqdm.auto import tqdm
 
     from seedscope import induction as ind
-    from seedscope.checkpoints import load_checkpoint
     from seedscope.io import atomic_path, write_parquet
-    from seedscope.losses import token_logprobs
     from seedscope.metrics import headline, write_metrics
     from seedscope.paths import metrics_dir
     from seedscope.plots import register_figure
     from seedscope.stats import t_interval
+    from seedscope.sweep import read_probe_tables
 
     resolved = resolve_suite(suite)
     cfg = stage_config("induction", induction)
-    steps = [resolved.suite.check_step(s) for s in resolve_steps(resolved, cfg.steps)]
+    probe = induction_probe(resolved, cfg)
+    steps = sorted(probe.steps)
     out, _ = fresh_outputs("induction")
-    tokens, _ = load_eval_data()
-    icl_windows = tokens[: cfg.icl_windows]
-    bands = ind.icl_bands(icl_windows.shape[1] - 1, cfg.icl_early, cfg.icl_late)
-    counts = _probe_counts()
-    torch.set_num_threads(cfg.threads)
-    seqs = seqs_all = None
+    bands = ind.icl_bands(probe.icl_windows.shape[1] - 1, cfg.icl_early, cfg.icl_late)
+    # measured by stage token_losses while each checkpoint was loaded (one fetch each)
+    root, names, digest = token_losses_root(resolved), resolved.run_names, probe.digest()
+    tables = {
+        t: read_probe_tables(root, probe.name, t, names, steps, digest)
+        for t in ("scores", "copy", "icl", "all_ids", "info")
+    }
+    info = tables["info"][(names[0], steps[0])].iloc[0]
     head_rows, curve_rows, per_seq, all_ids = [], [], {}, {}
-    units = [(run, step) for run in resolved.run_names for step in steps]
-    for run, step in tqdm(units, desc="induction", unit="checkpoint"):
-        model, tokenizer = load_checkpoint(resolved.suite, run, step)
-        if seqs is None:
-            special = sorted(set(tokenizer.all_special_ids))
-            vocab = model.config.vocab_size
-            allowed = ind.probe_token_ids(counts, vocab, cfg.probe_min_count, special)
-            seqs = ind.repeated_random_tokens(
-                vocab, cfg.n_seqs, cfg.half_len, cfg.seed, special[0], special, allowed
-            )
-            seqs_all = ind.repeated_random_tokens(
-                vocab, cfg.n_seqs, cfg.half_len, cfg.seed, special[0], special
-            )
-        with torch.inference_mode():
-            scores = ind.head_scores(model, seqs, cfg.batch_size, per_sequence=True)
+    for run, step in [(run, step) for run in names for step in steps]:
+        scores = tables["scores"][(run, step)]
         heads = scores.groupby(["layer", "head", "head_name"], as_index=False)[
             ["induction", "tl_induction", "prev_token"]
         ].mean()
         best = heads.loc[heads["induction"].idxmax()]
         best_seq = scores[scores["head_name"] == best["head_name"]].sort_values("seq")
-        lp = token_logprobs(model, icl_windows, batch_size=cfg.batch_size, device="cpu")
-        icl = ind.icl_score(-lp[:, 1:], early=bands[0], late=bands[1], per_window=True)
-        first, second = scores.attrs["first_copy_loss"], scores.attrs["second_copy_loss"]
+        icl = tables["icl"][(run, step)]["icl"].to_numpy()
+        copy = tables["copy"][(run, step)]
+        first, second = copy["first_copy_loss"].to_numpy(), copy["second_copy_loss"].to_numpy()
         per_seq[(run, step)] = (best_seq["induction"].to_numpy(), icl)
         if step == steps[-1]:  # the same probe over every id of the vocabulary, beside it
-            with torch.inference_mode():
-                every = ind.head_scores(model, seqs_all, cfg.batch_size)
-            all_ids[run] = (
-                float(every["induction"].max()),
-                float(np.mean(every.attrs["second_copy_loss"]))
-                / float(np.mean(every.attrs["first_copy_loss"])),
-            )
-        heads.attrs.clear()  # per-sequence arrays ride along in attrs; keep tables plain
+            every = tables["all_ids"][(run, step)].iloc[0]
+            all_ids[run] = (float(every["induction"]), float(every["copy_loss_ratio"]))
         head_rows.append(heads.assign(run=run, step=step))
         curve_rows.append(
             {
@@ -1939,8 +1941,8 @@ def induction_stage(suite: dict[str, Any], induction: dict[str, Any]):
             "icl_bands": [list(b) for b in bands],
             "probe": {
                 "min_count": cfg.probe_min_count,
-                "n_ids": int(allowed.size),
-                "accidental_repeats": ind.accidental_repeat_fraction(seqs),
+                "n_ids": int(info["n_ids"]),
+                "accidental_repeats": float(info["accidental_repeats"]),
             },
         },
         provenance=stage_provenance("induction", resolved, steps, cfg),
@@ -2317,8 +2319,15 @@ def clear_other_suites(resolved: ResolvedSuite) -> list[str]:
     return removed
 
 
-def token_losses_stage(suite: dict[str, Any], token_losses: dict[str, Any]):
-    """Stage `token_losses`: per-token log-probs of every run at the steps analyses need."""
+def token_losses_stage(
+    suite: dict[str, Any],
+    token_losses: dict[str, Any],
+    behaviours: dict[str, Any] | None = None,
+    induction: dict[str, Any] | None = None,
+):  # type: ignore[no-untyped-def]
+    """Stage `token_losses`: per-token log-probs of every run at the steps analyses need,
+    and, in the same units (one fetch per checkpoint), the behaviour battery and the
+    induction probe at their stages' steps."""
     import numpy as np
 
     from seedscope.io import write_parquet
@@ -2346,6 +2355,15 @@ def token_losses_stage(suite: dict[str, Any], token_losses: dict[str, Any]):
     # other settings (eval windows, trajectory subset, dtype) is emptied, units outside
     # this sweep are pruned, and a unit whose checkpoint's commit changed is recomputed.
     clear_other_suites(resolved)
+    # the pipeline passes both sections; a caller may leave one out (None: not measured)
+    probes = [
+        make(resolved, stage_config(section, values))
+        for make, section, values in (
+            (behaviour_probe, "behaviours", behaviours),
+            (induction_probe, "induction", induction),
+        )
+        if values is not None
+    ]
     units = run_sweep(
         resolved.suite,
         windows,
@@ -2355,6 +2373,7 @@ def token_losses_stage(suite: dict[str, Any], token_losses: dict[str, Any]):
         runs=resolved.run_names,
         restart=True,
         prune=True,
+        probes=probes,
     )
     # what was computed now vs resumed stays out of the file: a resumed sweep writes the
     # same bytes as an uninterrupted one
