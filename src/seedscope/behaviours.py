@@ -722,6 +722,17 @@ def check_scoring(scoring: str) -> str:
     return scoring
 
 
+def model_context(model: Any) -> int | None:
+    """The model's context length (GPT-2: `n_positions`; GPT-NeoX: `max_position_embeddings`),
+    or None when its config does not say."""
+    config = getattr(model, "config", None)
+    for key in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(config, key, None)
+        if value:
+            return int(value)
+    return None
+
+
 def score_items(
     model: Any,
     tokenizer: Any,
@@ -797,7 +808,7 @@ def score_items(
             f_ids = encode(tokenizer, item.first_copy)
             if p_ids[: len(f_ids)] == f_ids:
                 n_first[i] = len(f_ids)
-    max_pos = getattr(getattr(model, "config", None), "n_positions", None)
+    max_pos = model_context(model)
     longest = max((len(r[2]) for r in rows), default=0)
     if max_pos is not None and longest > max_pos:
         raise SeedscopeError(
@@ -1867,7 +1878,8 @@ class BehaviourProbe:
     def measure(self, model: Any) -> dict[str, pd.DataFrame]:
         tokenizer = _probe_tokenizer(self.tokenizer_dir)
         language_map = language_token_map(tokenizer, self.lexicons, self.letters)
-        items, dropped = fit_to_context(self.items, tokenizer, model.config.n_positions)
+        n_ctx = model_context(model)
+        items, dropped = fit_to_context(self.items, tokenizer, n_ctx or 10**9)
         scores = score_items(
             model, tokenizer, items, self.batch_size, "cpu", language_map, self.scoring
         )

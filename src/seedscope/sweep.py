@@ -430,6 +430,8 @@ def compute_unit(
         entry["traj_file"] = trel
         entry["traj_sha256"] = file_sha256(out / trel)
     entry["probes"] = {}
+    if any(unit.step in probe.steps for probe in probes):
+        model.to("cpu")  # probes run on the CPU (their code is tested there), after the grid
     for probe in probes:
         if unit.step not in probe.steps:
             continue
