@@ -210,13 +210,23 @@ def test_crfm_sweep_killed_inside_dvc_repro_resumes(crfm_run, tmp_path):
     folder = sweep / "crfm-rehearsal"
 
     def unit_files(manifest: dict) -> list[Path]:
-        return [
+        grids = [
             folder / u[k] for u in manifest["units"].values() for k in ("file", "traj_file") if u[k]
         ]
+        probes = [  # behaviour and induction tables measured in the same units
+            folder / rel
+            for u in manifest["units"].values()
+            for probe in u.get("probes", {}).values()
+            for rel, _ in probe["files"].values()
+        ]
+        return grids + probes
 
-    reference = {
-        p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*.npy"))
-    }
+    def outputs() -> dict[str, bytes]:
+        files = sorted(folder.rglob("*.npy")) + sorted(folder.rglob("*.parquet"))
+        return {p.relative_to(folder).as_posix(): p.read_bytes() for p in files}
+
+    reference = outputs()
+    assert any(name.endswith(".parquet") for name in reference)
     total = len(json.loads((folder / "manifest.json").read_text())["units"])
     shutil.rmtree(sweep)
     dvc = str(Path(sys.executable).parent / "dvc")
@@ -257,10 +267,7 @@ def test_crfm_sweep_killed_inside_dvc_repro_resumes(crfm_run, tmp_path):
     out = _dvc(root, fab, "repro", "token_losses")
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in finished} == stamps
-    after = {
-        p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*.npy"))
-    }
-    assert after == reference
+    assert outputs() == reference
     assert f"{len(done['units'])} already complete" in _html(root, "token_losses")
 
 

@@ -145,3 +145,41 @@ def test_auto_steps_is_a_spread_not_a_prefix():
     gaps = np.diff(np.log10([s for s in steps if s > 0]))
     assert gaps.max() < 1.0  # no gap of a decade or more
     assert json.dumps(steps) == json.dumps(sorted(set(steps)))
+
+
+def test_outlier_topk_evicts_a_hub_checkpoint_it_had_to_fetch(monkeypatch) -> None:
+    """The outlier tables are the one place that loads weights after the sweep: a hub
+    checkpoint fetched for them is evicted again; one that was already cached is kept."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from seedscope import checkpoints, workflow
+    from seedscope.sweep import RandomGPT2Loader, Unit
+
+    loader = RandomGPT2Loader(vocab_size=50, n_positions=16)
+
+    class Tok:
+        def decode(self, ids):
+            return f"<{ids[0]}>"
+
+    evicted, cached = [], {"run-a": [], "run-b": [100]}
+    monkeypatch.setattr(checkpoints, "cached_steps", lambda suite, run: cached[run])
+    monkeypatch.setattr(
+        checkpoints,
+        "load_checkpoint",
+        lambda suite, run, step: (loader(Unit(run, step, "", "")), Tok()),
+    )
+    monkeypatch.setattr(
+        checkpoints, "evict_checkpoint", lambda suite, run, step: evicted.append((run, step))
+    )
+    resolved = SimpleNamespace(suite=SimpleNamespace(local_cache=None))
+    tokens = np.random.default_rng(0).integers(0, 50, size=(3, 16))
+    rows = pd.DataFrame({"run_a": ["run-a"], "run_b": ["run-b"], "window": [1], "pos": [5]})
+    topk = workflow.topk_lookup(resolved, 100, tokens, rows, 3)
+    assert evicted == [("run-a", 100)]
+    assert len(topk("run-a", 1, 5)) == 3 and topk("run-b", 1, 5)[0][0].startswith("<")
+    evicted.clear()
+    resolved.suite.local_cache = "hub"  # the mini-suite's own cache: never evicted
+    workflow.topk_lookup(resolved, 100, tokens, rows, 3)
+    assert evicted == []

@@ -1853,6 +1853,7 @@ class BehaviourProbe:
     scoring: str
     batch_size: int
     steps: frozenset[int]
+    threads: int = 1  # torch threads while measuring (in the digest: sums may differ)
     name: str = "behaviours"
 
     def digest(self) -> str:
@@ -1871,11 +1872,20 @@ class BehaviourProbe:
             "letters": dict(self.letters) if self.letters else None,
             "scoring": self.scoring,
             "batch_size": self.batch_size,
+            "threads": self.threads,
             "tokenizer": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files},
         }  # fmt: skip
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def measure(self, model: Any) -> dict[str, pd.DataFrame]:
+        old = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            return self._measure(model)
+        finally:
+            torch.set_num_threads(old)
+
+    def _measure(self, model: Any) -> dict[str, pd.DataFrame]:
         tokenizer = _probe_tokenizer(self.tokenizer_dir)
         language_map = language_token_map(tokenizer, self.lexicons, self.letters)
         n_ctx = model_context(model)

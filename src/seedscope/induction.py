@@ -1059,6 +1059,7 @@ class InductionProbe:
     icl_early: tuple[int, int]
     icl_late: tuple[int, int]
     steps: frozenset[int]
+    threads: int = 1  # torch threads while measuring (in the digest: sums may differ)
     name: str = "induction"
 
     def digest(self) -> str:
@@ -1075,7 +1076,7 @@ class InductionProbe:
             h.update(np.ascontiguousarray(self.counts, dtype=np.int64).tobytes())
         h.update(np.ascontiguousarray(self.icl_windows, dtype=np.int64).tobytes())
         keys = ("min_count", "n_seqs", "half_len", "seed", "batch_size", "icl_early",
-                "icl_late")  # fmt: skip
+                "icl_late", "threads")  # fmt: skip
         h.update(json.dumps({k: getattr(self, k) for k in keys}, default=list).encode())
         return h.hexdigest()[:16]
 
@@ -1093,6 +1094,14 @@ class InductionProbe:
         return seqs, repeated_random_tokens(*args), int(allowed.size)
 
     def measure(self, model: torch.nn.Module) -> dict[str, pd.DataFrame]:
+        old = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            return self._measure(model)
+        finally:
+            torch.set_num_threads(old)
+
+    def _measure(self, model: torch.nn.Module) -> dict[str, pd.DataFrame]:
         from seedscope.losses import token_logprobs
 
         seqs, seqs_all, n_ids = self.sequences(model)

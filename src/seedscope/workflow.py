@@ -151,8 +151,9 @@ def meta_columns(meta: pd.DataFrame) -> list[str]:
 def topk_lookup(resolved: ResolvedSuite, step: int, tokens: Any, rows: pd.DataFrame, k: int):
     """A `topk(run, window, pos)` callable for outlier tables: each needed run's checkpoint is
     loaded once and asked only for the rows' positions (the distribution that scored the
-    target at `pos`: P(. | tokens[:pos]))."""
-    from seedscope.checkpoints import load_checkpoint
+    target at `pos`: P(. | tokens[:pos])). A hub checkpoint fetched for this is evicted
+    afterwards (the sweep had evicted it; only these tables need it again)."""
+    from seedscope.checkpoints import cached_steps, evict_checkpoint, load_checkpoint
     from seedscope.losses import topk_predictions
 
     needed: dict[str, set[tuple[int, int]]] = {}
@@ -162,10 +163,15 @@ def topk_lookup(resolved: ResolvedSuite, step: int, tokens: Any, rows: pd.DataFr
                 if isinstance(run, str):  # rows of another table leave this column empty
                     needed.setdefault(run, set()).add((int(w), int(p)))
     table: dict[tuple[str, int, int], list[tuple[str, float]]] = {}
+    hub = resolved.suite.local_cache is None
     for run, positions in sorted(needed.items()):
+        was_cached = hub and step in cached_steps(resolved.suite, run)
         model, tokenizer = load_checkpoint(resolved.suite, run, step)
         ordered = sorted(positions)
         preds = topk_predictions(model, tokens, ordered, k=k)
+        del model
+        if hub and not was_cached:
+            evict_checkpoint(resolved.suite, run, step)
         for (w, p), pred in zip(ordered, preds, strict=True):
             table[(run, w, p)] = [(tokenizer.decode([int(t)]), float(pr)) for t, pr in pred]
     return lambda run, window, pos: table[(run, int(window), int(pos))]
@@ -1062,7 +1068,7 @@ def behaviour_probe(resolved: ResolvedSuite, cfg: Any):  # type: ignore[no-untyp
     lexicons, letters = bh.language_lexicons(cfg.source, truth)
     return bh.BehaviourProbe(
         tuple(items), str(corpus_dir() / "tokenizer"), lexicons, letters, cfg.scoring,
-        cfg.batch_size, frozenset(steps),
+        cfg.batch_size, frozenset(steps), cfg.threads,
     )  # fmt: skip
 
 
@@ -1079,7 +1085,7 @@ def induction_probe(resolved: ResolvedSuite, cfg: Any):  # type: ignore[no-untyp
     return ind.InductionProbe(
         str(corpus_dir() / "tokenizer"), _probe_counts(), cfg.probe_min_count, cfg.n_seqs,
         cfg.half_len, cfg.seed, cfg.batch_size, np.asarray(tokens[: cfg.icl_windows]),
-        tuple(cfg.icl_early), tuple(cfg.icl_late), frozenset(steps),
+        tuple(cfg.icl_early), tuple(cfg.icl_late), frozenset(steps), cfg.threads,
     )  # fmt: skip
 
 
