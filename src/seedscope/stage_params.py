@@ -108,7 +108,7 @@ class LossPcaParams:
     context_tokens: int = 30
     # parallel analysis: a component is described only if it beats this many permutations
     # at level alpha, and its scores spread by at least min_component_sd nats
-    n_permutations: int = 19
+    n_permutations: int = 99
     alpha: float = 0.05
     min_component_sd: float = 0.01
 
