@@ -458,6 +458,15 @@ def test_probes_are_measured_in_the_same_unit_one_load_per_checkpoint(tmp_path):
         ].iloc[0]
         == 2
     )
+    # a step that was probe-only becomes a log-prob step: recomputed, never taken as done
+    grid_cfg = SweepConfig(**{**cfg.__dict__, "steps": ("final", 5)})
+    store.calls.clear()
+    frame = run_sweep(
+        SUITE, _windows(), tmp_path, grid_cfg, store=store, runs=RUNS, progress=False,
+        probes=[newer],
+    )  # fmt: skip
+    assert sorted(store.calls) == sorted((r, 5) for r in RUNS)
+    assert load_logprobs(tmp_path, RUNS, 5)[RUNS[0]].shape == (10, 32)
     # a sweep without the probe prunes its probe-only units and its tables
     run_sweep(SUITE, _windows(), tmp_path, cfg, store=store, runs=RUNS, progress=False, prune=True)
     assert not list(tmp_path.rglob("*.parquet"))

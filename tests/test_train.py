@@ -173,7 +173,12 @@ def test_plant_copies_writes_a_span_a_gap_and_the_same_span_deterministically() 
 
 @pytest.mark.parametrize(
     "overrides",
-    [{"copy_share": 0.5, "copy_max_len": 40}, {"copy_share": 1.5}, {"copy_anneal_steps": -1}],
+    [
+        {"copy_share": 0.5, "copy_max_len": 40},
+        {"copy_share_final": 0.5, "copy_anneal_steps": 10, "copy_max_len": 40},  # rises later
+        {"copy_share": 1.5},
+        {"copy_anneal_steps": -1},
+    ],
 )
 def test_copy_settings_that_cannot_work_are_refused(overrides: dict) -> None:
     with pytest.raises(SeedscopeError, match="copy"):

@@ -1833,6 +1833,11 @@ def fit_to_context(
     return kept, dict(dropped)
 
 
+# The version of the behaviour probe's tables: part of its digest, so tables a sweep made
+# with older scoring code are recomputed, not reused.
+PROBE_FORMAT = 1
+
+
 @lru_cache(maxsize=4)
 def _probe_tokenizer(tokenizer_dir: str) -> Any:
     from transformers import AutoTokenizer
@@ -1861,11 +1866,15 @@ class BehaviourProbe:
         import json
 
         tok = Path(self.tokenizer_dir)
-        files = sorted(p for p in tok.iterdir() if p.is_file()) if tok.is_dir() else []
+        files = sorted(
+            p for p in (tok.iterdir() if tok.is_dir() else []) if p.is_file()
+            and not p.name.startswith(".tmp-")
+        )  # fmt: skip
         payload = {
+            "format": PROBE_FORMAT,  # raise when score_items or the tables change
             "items": [
                 [i.behaviour, i.prompt, i.correct, list(i.alternatives), i.group, i.language,
-                 i.first_copy]
+                 i.first_copy, json.dumps(i.meta, sort_keys=True, default=str)]
                 for i in self.items
             ],
             "lexicons": {k: list(v) for k, v in self.lexicons.items()},

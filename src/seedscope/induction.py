@@ -1040,6 +1040,11 @@ def plot_induction_over_training(
 # --------------------------------------------------------------------------------------
 
 
+# The version of the induction probe's tables: part of its digest, so tables a sweep made
+# with older code are recomputed, not reused.
+PROBE_FORMAT = 1
+
+
 @dataclass(frozen=True, eq=False)
 class InductionProbe:
     """Analysis 6's measurements of one checkpoint (`sweep.CheckpointProbe`), so the stage
@@ -1068,12 +1073,16 @@ class InductionProbe:
         from pathlib import Path
 
         tok = Path(self.tokenizer_dir)
-        files = sorted(p for p in tok.iterdir() if p.is_file()) if tok.is_dir() else []
-        h = hashlib.sha256()
+        files = sorted(
+            p for p in (tok.iterdir() if tok.is_dir() else []) if p.is_file()
+            and not p.name.startswith(".tmp-")
+        )  # fmt: skip
+        h = hashlib.sha256(f"format {PROBE_FORMAT}".encode())  # raise when the tables change
         for p in files:
             h.update(p.name.encode() + p.read_bytes())
         if self.counts is not None:
             h.update(np.ascontiguousarray(self.counts, dtype=np.int64).tobytes())
+        h.update(str(self.icl_windows.shape).encode())
         h.update(np.ascontiguousarray(self.icl_windows, dtype=np.int64).tobytes())
         keys = ("min_count", "n_seqs", "half_len", "seed", "batch_size", "icl_early",
                 "icl_late", "threads")  # fmt: skip

@@ -490,11 +490,16 @@ def _unit_done(
     params_hash: str,
     commit: str | None = None,
     probes: dict[str, str] | None = None,
+    kind: str | None = None,
 ) -> bool:
-    """A unit is done when the manifest lists it with this configuration, its files match
-    their sha256, (where the cache tells) it was computed from the same weights, and it
-    holds every probe in `probes` (name -> digest) with that digest and intact files."""
+    """A unit is done when the manifest lists it with this configuration and `kind` (a
+    probe-only unit never stands in for a log-prob unit, nor a full for a trajectory one),
+    its files match their sha256, (where the cache tells) it was computed from the same
+    weights, and it holds every probe in `probes` (name -> digest) with that digest and
+    intact files."""
     if not entry or entry.get("params_hash") != params_hash:
+        return False
+    if kind is not None and entry.get("kind", kind) != kind:
         return False
     held = entry.get("probes", {})
     for name, digest in (probes or {}).items():
@@ -514,6 +519,36 @@ def _unit_done(
         if not path.is_file() or file_sha256(path) != entry.get(hkey):
             return False
     return True
+
+
+def _entry_files(entry: dict[str, Any]) -> list[str]:
+    """Every file a manifest entry lists (grid, trajectory, probe tables), relative paths."""
+    files = [entry[k] for k in ("file", "traj_file") if entry.get(k)]
+    for probe in entry.get("probes", {}).values():
+        files += [rel for rel, _ in probe["files"].values()]
+    return files
+
+
+@dataclass(frozen=True)
+class _Digested:
+    """A probe with its digest computed once (on the driver), as workers receive it."""
+
+    probe: Any
+    fixed_digest: str
+
+    @property
+    def name(self) -> str:
+        return self.probe.name
+
+    @property
+    def steps(self) -> frozenset[int]:
+        return self.probe.steps
+
+    def digest(self) -> str:
+        return self.fixed_digest
+
+    def measure(self, model: Any) -> dict[str, pd.DataFrame]:
+        return self.probe.measure(model)
 
 
 def _clean_temp_files(out: Path) -> None:
@@ -586,6 +621,7 @@ def run_sweep(
                 "choose steps from the suite's schedule (`seedscope suites` lists it).",
             )
     units = with_probe_units(units, probes, suite)
+    probes = [_Digested(p, p.digest()) for p in probes]  # hashed once, here
     wanted = {
         unit.key: {p.name: p.digest() for p in probes if unit.step in p.steps} for unit in units
     }
@@ -652,13 +688,14 @@ def run_sweep(
     todo: list[Unit] = []
     for unit in units:
         entry = manifest["units"].get(unit.key)
-        if _unit_done(out, entry, params_hash, commits[unit.key], wanted[unit.key]):
+        if _unit_done(out, entry, params_hash, commits[unit.key], wanted[unit.key], unit.kind):
             for name in sorted(set(entry.get("probes", {})) - set(wanted[unit.key])):
                 for rel, _ in entry["probes"].pop(name)["files"].values():
                     (out / rel).unlink(missing_ok=True)  # a probe no longer asked for
             rows.append(_row(unit, "skipped", 0.0, 0))
         else:
-            manifest["units"].pop(unit.key, None)
+            for rel in _entry_files(manifest["units"].pop(unit.key, None) or {}):
+                (out / rel).unlink(missing_ok=True)  # recomputed: no stale file stays behind
             todo.append(unit)
     write_json(out / MANIFEST, manifest)
 

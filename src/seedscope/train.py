@@ -148,7 +148,7 @@ class TrainConfig:
                 f"TrainConfig keys copy_min_len / copy_max_len / copy_anneal_steps are {lengths}.",
                 "give integers >= 0.",
             )
-        if self.copy_share > 0 and not (
+        if max(self.copy_share, self.copy_share_final) > 0 and not (
             2 <= self.copy_min_len <= self.copy_max_len and 2 * self.copy_max_len <= self.context
         ):
             raise SeedscopeError(

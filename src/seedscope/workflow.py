@@ -166,12 +166,14 @@ def topk_lookup(resolved: ResolvedSuite, step: int, tokens: Any, rows: pd.DataFr
     hub = resolved.suite.local_cache is None
     for run, positions in sorted(needed.items()):
         was_cached = hub and step in cached_steps(resolved.suite, run)
-        model, tokenizer = load_checkpoint(resolved.suite, run, step)
-        ordered = sorted(positions)
-        preds = topk_predictions(model, tokens, ordered, k=k)
-        del model
-        if hub and not was_cached:
-            evict_checkpoint(resolved.suite, run, step)
+        try:
+            model, tokenizer = load_checkpoint(resolved.suite, run, step)
+            ordered = sorted(positions)
+            preds = topk_predictions(model, tokens, ordered, k=k)
+            del model
+        finally:
+            if hub and not was_cached:
+                evict_checkpoint(resolved.suite, run, step)
         for (w, p), pred in zip(ordered, preds, strict=True):
             table[(run, w, p)] = [(tokenizer.decode([int(t)]), float(pr)) for t, pr in pred]
     return lambda run, window, pos: table[(run, int(window), int(pos))]
