@@ -29,6 +29,8 @@ import pandas as pd
 import torch
 
 from seedscope.errors import SeedscopeError, closest
+from seedscope.io import folder_files
+from seedscope.losses import torch_threads
 from seedscope.stage_params import BEHAVIOURS  # one list, defined beside the params
 
 SOURCES: tuple[str, ...] = ("planted", "english")
@@ -1865,11 +1867,7 @@ class BehaviourProbe:
         import hashlib
         import json
 
-        tok = Path(self.tokenizer_dir)
-        files = sorted(
-            p for p in (tok.iterdir() if tok.is_dir() else []) if p.is_file()
-            and not p.name.startswith(".tmp-")
-        )  # fmt: skip
+        files = folder_files(self.tokenizer_dir)
         payload = {
             "format": PROBE_FORMAT,  # raise when score_items or the tables change
             "items": [
@@ -1887,12 +1885,8 @@ class BehaviourProbe:
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def measure(self, model: Any) -> dict[str, pd.DataFrame]:
-        old = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
-        try:
+        with torch_threads(self.threads):
             return self._measure(model)
-        finally:
-            torch.set_num_threads(old)
 
     def _measure(self, model: Any) -> dict[str, pd.DataFrame]:
         tokenizer = _probe_tokenizer(self.tokenizer_dir)

@@ -1070,13 +1070,10 @@ class InductionProbe:
     def digest(self) -> str:
         import hashlib
         import json
-        from pathlib import Path
 
-        tok = Path(self.tokenizer_dir)
-        files = sorted(
-            p for p in (tok.iterdir() if tok.is_dir() else []) if p.is_file()
-            and not p.name.startswith(".tmp-")
-        )  # fmt: skip
+        from seedscope.io import folder_files
+
+        files = folder_files(self.tokenizer_dir)
         h = hashlib.sha256(f"format {PROBE_FORMAT}".encode())  # raise when the tables change
         for p in files:
             h.update(p.name.encode() + p.read_bytes())
@@ -1103,12 +1100,10 @@ class InductionProbe:
         return seqs, repeated_random_tokens(*args), int(allowed.size)
 
     def measure(self, model: torch.nn.Module) -> dict[str, pd.DataFrame]:
-        old = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
-        try:
+        from seedscope.losses import torch_threads
+
+        with torch_threads(self.threads):
             return self._measure(model)
-        finally:
-            torch.set_num_threads(old)
 
     def _measure(self, model: torch.nn.Module) -> dict[str, pd.DataFrame]:
         from seedscope.losses import token_logprobs

@@ -61,6 +61,15 @@ def write_npy(path: str | os.PathLike[str], array: np.ndarray) -> None:
             np.save(handle, array, allow_pickle=False)
 
 
+def folder_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """The plain files of `folder` (sorted; none if it is missing), without `.tmp-*`
+    leftovers of an interrupted atomic write: what a digest of the folder should read."""
+    path = Path(folder)
+    if not path.is_dir():
+        return []
+    return sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".tmp-"))
+
+
 def write_parquet(path: str | os.PathLike[str], frame: Any) -> None:
     """Save a pandas DataFrame as parquet, atomically, without the pandas index."""
     with atomic_path(path) as tmp:
