@@ -211,7 +211,10 @@ def test_crfm_sweep_killed_inside_dvc_repro_resumes(crfm_run, tmp_path):
 
     def unit_files(manifest: dict) -> list[Path]:
         grids = [
-            folder / u[k] for u in manifest["units"].values() for k in ("file", "traj_file") if u[k]
+            folder / u[k]
+            for u in manifest["units"].values()
+            for k in ("file", "traj_file", "topk_file")
+            if u.get(k)
         ]
         probes = [  # behaviour and induction tables measured in the same units
             folder / rel

@@ -147,39 +147,39 @@ def test_auto_steps_is_a_spread_not_a_prefix():
     assert json.dumps(steps) == json.dumps(sorted(set(steps)))
 
 
-def test_outlier_topk_evicts_a_hub_checkpoint_it_had_to_fetch(monkeypatch) -> None:
-    """The outlier tables are the one place that loads weights after the sweep: a hub
-    checkpoint fetched for them is evicted again; one that was already cached is kept."""
+def test_outlier_topk_reads_the_sweep_and_loads_no_weights(monkeypatch, tmp_path) -> None:
+    """The outlier tables' top-k guesses come from the sweep's full units (kept in the same
+    forward pass as the log-probs): no checkpoint is loaded or fetched after the sweep."""
     from types import SimpleNamespace
 
-    import pandas as pd
+    import torch
 
     from seedscope import checkpoints, workflow
-    from seedscope.sweep import RandomGPT2Loader, Unit
+    from seedscope.errors import SeedscopeError
+    from seedscope.suites import get_suite
+    from seedscope.sweep import RandomGPT2Loader, SweepConfig, Unit, run_sweep
 
+    def no_weights(*args, **kwargs):
+        raise AssertionError("the outlier tables loaded weights")
+
+    for name in ("load_checkpoint", "ensure_checkpoint", "cached_steps"):
+        if hasattr(checkpoints, name):
+            monkeypatch.setattr(checkpoints, name, no_weights)
     loader = RandomGPT2Loader(vocab_size=50, n_positions=16)
-
-    class Tok:
-        def decode(self, ids):
-            return f"<{ids[0]}>"
-
-    evicted, cached = [], {"run-a": [], "run-b": [100]}
-    monkeypatch.setattr(checkpoints, "cached_steps", lambda suite, run: cached[run])
-    monkeypatch.setattr(
-        checkpoints,
-        "load_checkpoint",
-        lambda suite, run, step: (loader(Unit(run, step, "", "")), Tok()),
-    )
-    monkeypatch.setattr(
-        checkpoints, "evict_checkpoint", lambda suite, run, step: evicted.append((run, step))
-    )
-    resolved = SimpleNamespace(suite=SimpleNamespace(local_cache=None))
-    tokens = np.random.default_rng(0).integers(0, 50, size=(3, 16))
-    rows = pd.DataFrame({"run_a": ["run-a"], "run_b": ["run-b"], "window": [1], "pos": [5]})
-    topk = workflow.topk_lookup(resolved, 100, tokens, rows, 3)
-    assert evicted == [("run-a", 100)]
-    assert len(topk("run-a", 1, 5)) == 3 and topk("run-b", 1, 5)[0][0].startswith("<")
-    evicted.clear()
-    resolved.suite.local_cache = "hub"  # the mini-suite's own cache: never evicted
-    workflow.topk_lookup(resolved, 100, tokens, rows, 3)
-    assert evicted == []
+    windows = np.random.default_rng(0).integers(0, 50, size=(3, 16))
+    cfg = SweepConfig(steps=("final",), device="cpu", threads=1, trajectory_tokens=0, top_k=4)
+    runs = ["small-x21", "small-x49"]
+    run_sweep(get_suite("mini-smoke"), windows, tmp_path, cfg, loader=loader, runs=runs,
+              progress=False)  # fmt: skip
+    monkeypatch.setattr(workflow, "token_losses_root", lambda resolved: tmp_path)
+    resolved = SimpleNamespace(run_names=runs)
+    workflow.check_topk(resolved, 60, 4, "loss_correlation")
+    topk = workflow.topk_lookup(resolved, 60, 3, lambda ids: f"<{ids[0]}>")
+    with torch.no_grad():
+        logits = loader(Unit(runs[1], 60, "", ""))(torch.tensor(windows[1:2])).logits[0, 4]
+    probs = torch.softmax(logits.double(), -1).numpy()
+    got = topk(runs[1], 1, 5)  # the guesses for position 5: P(. | tokens[:5])
+    assert [g[0] for g in got] == [f"<{i}>" for i in np.argsort(-probs)[:3]]
+    np.testing.assert_allclose([g[1] for g in got], np.sort(probs)[::-1][:3], rtol=2e-3)
+    with pytest.raises(SeedscopeError, match=r"set token_losses.top_k >= 6"):
+        workflow.check_topk(resolved, 60, 6, "loss_correlation")

@@ -16,7 +16,7 @@ from seedscope.losses import (
     load_logprobs,
     load_trajectories,
     token_logprobs,
-    topk_predictions,
+    topk_dtype,
 )
 
 VOCAB, CTX = 61, 24
@@ -85,7 +85,7 @@ def test_chunked_logsumexp_equals_full_log_softmax():
     targets = torch.randint(0, 97, (50,), generator=gen)
     full = torch.log_softmax(logits.double(), dim=-1).gather(1, targets[:, None])[:, 0]
     for rows in (1, 7, 50, 1000):
-        got = _chunked_logprobs(logits, None, targets, rows)
+        got, _ = _chunked_logprobs(logits, None, targets, rows)
         np.testing.assert_allclose(got.numpy(), full.numpy(), atol=1e-5)
     # and through the engine: a 1-row logits budget gives the default result
     model, windows = _gpt2(), _windows()
@@ -149,20 +149,34 @@ def test_streaming_file_equals_in_memory(tmp_path):
     assert [p.name for p in target.parent.iterdir()] == ["step-5.npy"]  # no temp file left
 
 
-def test_topk_predictions_match_softmax():
-    model, windows = _gpt2(), _windows()
-    positions = [(0, 1), (3, 10), (3, 2), (6, CTX - 1)]
-    top = topk_predictions(model, windows, positions, k=4, device="cpu")
-    out = token_logprobs(model, windows, device="cpu")
+@pytest.mark.parametrize("budget_mb", [64.0, 0.001])  # one logits chunk; one row per chunk
+def test_topk_kept_in_the_same_pass_equal_the_full_softmax(tmp_path, budget_mb):
+    model, windows = _gpt2(), _windows(n=7)
+    grid, top_path = tmp_path / "step-5.npy", tmp_path / "topk" / "step-5.npy"
+    evaluate_to_file(
+        model, windows, grid, batch_size=3, device="cpu", logits_budget_mb=budget_mb,
+        top_k=4, topk_path=top_path,
+    )  # fmt: skip
+    top = np.load(top_path)
+    assert top.shape == (*windows.shape, 4) and top.dtype == topk_dtype(VOCAB)
+    assert top["id"].dtype == np.uint16 and topk_dtype(50_257)["id"] == np.uint16
+    assert topk_dtype(2**16 + 1)["id"] == np.uint32
+    assert np.isnan(top["logprob"][:, 0]).all()
+    # the same log-probs as without top-k (the grid file is unchanged by keeping them)
+    np.testing.assert_array_equal(np.load(grid), token_logprobs(model, windows, device="cpu"))
     with torch.no_grad():
-        for (w, t), preds in zip(positions, top, strict=True):
-            probs = torch.softmax(model(torch.tensor(windows[w : w + 1])).logits[0, t - 1], -1)
-            ref = torch.topk(probs, 4)
-            assert [p[0] for p in preds] == ref.indices.tolist()
-            np.testing.assert_allclose([p[1] for p in preds], ref.values.numpy(), rtol=1e-5)
-            np.testing.assert_allclose(probs[windows[w, t]].item(), np.exp(out[w, t]), rtol=1e-4)
-    with pytest.raises(SeedscopeError, match="t=0"):
-        topk_predictions(model, windows, [(0, 0)])
+        logp = torch.log_softmax(model(torch.tensor(windows)).logits.double(), -1)
+    logp = logp[:, :-1].numpy()  # row t - 1 predicts position t
+    ids, kept = top["id"][:, 1:].astype(np.int64), top["logprob"][:, 1:].astype(np.float64)
+    # each stored log-prob is the reference's at the stored id (float16: 3 digits) ...
+    np.testing.assert_allclose(kept, np.take_along_axis(logp, ids, -1), rtol=1e-3, atol=1e-4)
+    # ... the ids are distinct, most likely first, and no other token beats the k-th
+    assert (np.diff(np.sort(ids, -1), axis=-1) > 0).all()
+    assert (np.diff(np.take_along_axis(logp, ids, -1), axis=-1) <= 1e-6).all()
+    ref = np.sort(logp, -1)[..., ::-1][..., :4]
+    np.testing.assert_allclose(np.take_along_axis(logp, ids, -1), ref, atol=1e-6)
+    with pytest.raises(SeedscopeError, match="topk_path"):
+        evaluate_to_file(model, windows, grid, device="cpu", top_k=4)
 
 
 def test_readers_trust_only_the_manifest(tmp_path):

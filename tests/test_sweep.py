@@ -18,7 +18,13 @@ import pandas as pd
 import pytest
 
 from seedscope.errors import SeedscopeError
-from seedscope.losses import file_sha256, load_logprobs, load_trajectories, token_logprobs
+from seedscope.losses import (
+    file_sha256,
+    load_logprobs,
+    load_topk,
+    load_trajectories,
+    token_logprobs,
+)
 from seedscope.suites import get_suite
 from seedscope.sweep import (
     LoaderStore,
@@ -210,13 +216,13 @@ def test_kill_9_then_rerun_equals_uninterrupted(reference, tmp_path):
     # what a reader may see now: every unit file is complete; temp files are never units
     for path in out.rglob("*.npy"):
         if not path.name.startswith(".tmp-"):
-            assert np.load(path).shape in {(10, 32), (40,)}
+            assert np.load(path).shape in {(10, 32), (40,), (10, 32, 5)}
     manifest = json.loads((out / "manifest.json").read_text())
     done = len(manifest["units"])
     assert done >= wait_units
     for unit in manifest["units"].values():
-        for key in ("file", "traj_file"):
-            if unit[key]:
+        for key in ("file", "traj_file", "topk_file"):
+            if unit.get(key):
                 assert file_sha256(out / unit[key]) == unit[key.replace("file", "sha256")]
     frame = run_sweep(SUITE, _windows(), out, CFG, loader=LOADER, runs=RUNS, progress=False)
     assert (frame.status == "skipped").sum() == done
@@ -448,10 +454,22 @@ def test_probes_are_measured_in_the_same_unit_one_load_per_checkpoint(tmp_path):
     )
     assert store.calls == [] and set(again.status) == {"skipped"}
     newer = ToyProbe(frozenset({5, 15, 60}), version=2)
+    grid = tmp_path / RUNS[0] / "step-60.npy"
+    before = (grid.stat().st_ino, grid.stat().st_mtime_ns, _hashes(tmp_path))
     run_sweep(
         SUITE, _windows(), tmp_path, cfg, store=store, runs=RUNS, progress=False, probes=[newer]
     )
     assert sorted(store.calls) == sorted((r, s) for r in RUNS for s in (5, 15, 60))
+    # only the probe was stale: its tables are remeasured, the log-prob files stay untouched,
+    # and the manifest is the one a fresh sweep with the new probe writes
+    assert (grid.stat().st_ino, grid.stat().st_mtime_ns, _hashes(tmp_path)) == before
+    fresh = tmp_path.parent / f"{tmp_path.name}-fresh"
+    run_sweep(SUITE, _windows(), fresh, cfg, loader=LOADER, runs=RUNS, progress=False,
+              probes=[newer])  # fmt: skip
+    assert (
+        json.loads((tmp_path / "manifest.json").read_text())["units"]
+        == json.loads((fresh / "manifest.json").read_text())["units"]
+    )
     assert (
         read_probe_tables(tmp_path, "toy", "weights", RUNS, [5], "toy-2")[(RUNS[0], 5)][
             "version"
@@ -472,6 +490,34 @@ def test_probes_are_measured_in_the_same_unit_one_load_per_checkpoint(tmp_path):
     assert not list(tmp_path.rglob("*.parquet"))
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert sorted(u["step"] for u in manifest["units"].values()) == [60, 60]
+
+
+def test_full_units_keep_top_k_guesses_and_a_new_k_recomputes_only_them(tmp_path):
+    store = CountingStore(LOADER)
+    run_sweep(SUITE, _windows(), tmp_path, CFG, store=store, runs=RUNS, progress=False)
+    windows, lp = _windows(), load_logprobs(tmp_path, RUNS, 60)
+    top = load_topk(tmp_path, RUNS[0], 60)
+    assert top.shape == (10, 32, 5)
+    # the guesses are the model's own: the target's stored log-prob is never above the
+    # k-th guess unless the target is among the guesses, where the two agree (float16)
+    hit = top["id"][:, 1:] == windows[:, 1:, None]
+    found = hit.any(-1)
+    got = top["logprob"][:, 1:][hit].astype(np.float32)
+    np.testing.assert_allclose(got, lp[RUNS[0]][:, 1:][found], rtol=1e-3, atol=1e-4)
+    assert (lp[RUNS[0]][:, 1:][~found] <= top["logprob"][:, 1:, -1][~found] + 1e-3).all()
+    assert not (tmp_path / RUNS[0] / "topk" / "step-5.npy").exists()  # trajectory units: none
+    # a new k recomputes the full units (final 60, mid 30) and nothing else
+    store.calls.clear()
+    three = SweepConfig(**{**CFG.__dict__, "top_k": 3})
+    run_sweep(SUITE, _windows(), tmp_path, three, store=store, runs=RUNS, progress=False)
+    assert sorted(store.calls) == sorted((r, s) for r in RUNS for s in (30, 60))
+    assert load_topk(tmp_path, RUNS[0], 60).shape == (10, 32, 3)
+    # none kept: the files go and the readers say which setting keeps them
+    run_sweep(SUITE, _windows(), tmp_path, SweepConfig(**{**CFG.__dict__, "top_k": 0}),
+              store=store, runs=RUNS, progress=False, prune=True)  # fmt: skip
+    assert not list(tmp_path.rglob("topk/*.npy"))
+    with pytest.raises(SeedscopeError, match="token_losses.top_k"):
+        load_topk(tmp_path, RUNS[0], 60)
 
 
 def test_a_probe_step_off_the_schedule_is_refused_before_any_work(tmp_path):

@@ -16,7 +16,10 @@ On the storage side (`evaluate_to_file`, `load_logprobs`, `load_trajectories`), 
 (run, step) is one `.npy` file under `<out>/<run>/step-<N>.npy` (full grid) and
 `<out>/<run>/traj/step-<N>.npy` (the trajectory token subset, flat indices in
 `<out>/trajectory_tokens.npy`); `<out>/manifest.json` lists the units that are complete.
-Readers only trust the manifest.
+Readers only trust the manifest. A full unit may also keep the model's top-k guesses at
+every position, from the same forward pass (`<out>/<run>/topk/step-<N>.npy`, a structured
+`[n_windows, window, k]` array of `id` and float16 `logprob`, same convention as `out`),
+so the outlier tables never load weights again.
 """
 
 from __future__ import annotations
@@ -172,9 +175,13 @@ def iter_logprobs(
     threads: int | None = None,
     source: str | None = None,
     logits_budget_mb: float = 64.0,
-) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield `(first_window, logprobs [b, window] float32)` batch by batch (see
-    `token_logprobs` for the arguments); validation happens before the first batch."""
+    top_k: int = 0,
+) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+    """Yield `(first_window, logprobs [b, window] float32, top)` batch by batch (see
+    `token_logprobs` for the arguments); validation happens before the first batch. With
+    `top_k > 0`, `top` is the `[b, window, top_k]` `topk_dtype` array of the model's most
+    likely next tokens at each position (row t: P(. | window[:t]); row 0 is id 0 and NaN),
+    taken from the same logits chunks as the log-probs; else None."""
     import torch
 
     arr = check_windows(model, windows, source)
@@ -195,6 +202,8 @@ def iter_logprobs(
     n, window = arr.shape
     head_rows = head.weight.shape[0] if head is not None else vocab
     rows_per_chunk = max(1, int(logits_budget_mb * 2**20 // (4 * head_rows)))
+    k = min(int(top_k), head_rows)
+    top_type = topk_dtype(head_rows)
     try:
         with torch_threads(threads), torch.inference_mode(), autocast:
             for start in range(0, n, batch_size):
@@ -203,36 +212,61 @@ def iter_logprobs(
                 )
                 b = ids.shape[0]
                 out = torch.full((b, window), float("nan"), dtype=torch.float32, device=dev)
+                top = None
+                if k > 0:
+                    top = np.zeros((b, window, k), dtype=top_type)
+                    top["logprob"][:, 0] = np.nan
                 if window > 1:
                     targets = ids[:, 1:].reshape(-1)
                     if body is not None:
                         hidden = body(input_ids=ids, use_cache=False).last_hidden_state
                         flat = hidden[:, :-1].reshape(-1, hidden.shape[-1])
-                        lp = _chunked_logprobs(flat, head, targets, rows_per_chunk)
+                        lp, guesses = _chunked_logprobs(flat, head, targets, rows_per_chunk, k)
                     else:
                         logits = model(input_ids=ids, use_cache=False).logits[:, :-1]
                         flat = logits.reshape(-1, logits.shape[-1])
-                        lp = _chunked_logprobs(flat, None, targets, rows_per_chunk)
+                        lp, guesses = _chunked_logprobs(flat, None, targets, rows_per_chunk, k)
                     out[:, 1:] = lp.view(b, window - 1)
-                yield start, out.cpu().numpy()
+                    if top is not None:
+                        ids_k, lp_k = (g.view(b, window - 1, k).cpu().numpy() for g in guesses)
+                        top["id"][:, 1:] = ids_k
+                        top["logprob"][:, 1:] = lp_k
+                yield start, out.cpu().numpy(), top
     finally:
         model.train(was_training)
 
 
-def _chunked_logprobs(flat: Any, head: Any, targets: Any, rows: int) -> Any:
+def _chunked_logprobs(
+    flat: Any, head: Any, targets: Any, rows: int, top_k: int = 0
+) -> tuple[Any, tuple[Any, Any] | None]:
     """log-softmax at `targets [N]`, `rows` positions at a time: `flat` is `[N, d]` hidden
     states passed through `head` (or `[N, vocab]` logits when `head` is None); each chunk
-    gives target logit minus logsumexp, in float32."""
+    gives target logit minus logsumexp, in float32. With `top_k > 0` also the `[N, top_k]`
+    ids and log-probs of the most likely tokens (else None)."""
     import torch
 
     n = targets.shape[0]
-    out = torch.empty(n, dtype=torch.float32, device=targets.device)
+    dev = targets.device
+    out = torch.empty(n, dtype=torch.float32, device=dev)
+    top_ids = torch.empty((n, top_k), dtype=torch.int64, device=dev) if top_k else None
+    top_lp = torch.empty((n, top_k), dtype=torch.float32, device=dev) if top_k else None
     for s in range(0, n, rows):
         e = min(n, s + rows)
         logits = (head(flat[s:e]) if head is not None else flat[s:e]).float()
         tgt = logits.gather(1, targets[s:e, None]).squeeze(1)
-        out[s:e] = tgt - torch.logsumexp(logits, dim=1)
-    return out
+        lse = torch.logsumexp(logits, dim=1)
+        out[s:e] = tgt - lse
+        if top_k:
+            best = torch.topk(logits, top_k, dim=1)
+            top_ids[s:e] = best.indices
+            top_lp[s:e] = best.values - lse[:, None]
+    return out, ((top_ids, top_lp) if top_k else None)
+
+
+def topk_dtype(vocab: int) -> np.dtype:
+    """The stored top-k record: token `id` (uint16 when the vocabulary fits, else uint32)
+    and its `logprob` (float16: three significant digits, enough to print a probability)."""
+    return np.dtype([("id", "<u2" if vocab <= 2**16 else "<u4"), ("logprob", "<f2")])
 
 
 def token_logprobs(
@@ -258,66 +292,11 @@ def token_logprobs(
     """
     arr = as_windows(windows)
     out = np.empty(arr.shape, dtype=np.float32)
-    for start, lp in iter_logprobs(
+    for start, lp, _ in iter_logprobs(
         model, arr, batch_size, device, dtype, threads, source, logits_budget_mb
     ):
         out[start : start + lp.shape[0]] = lp
     return out
-
-
-def topk_predictions(
-    model: Any,
-    windows: Any,
-    positions: Sequence[tuple[int, int]],
-    k: int = 5,
-    device: str = "auto",
-    source: str | None = None,
-) -> list[list[tuple[int, float]]]:
-    """The model's top-k guesses for the token at each `(w, t)`, t >= 1.
-
-    Same convention as `token_logprobs`: for `(w, t)` the distribution is
-    P(. | windows[w, :t]), so the probability listed for `windows[w, t]` (if in the top k)
-    is exp(out[w, t]). Returns one list of `(token_id, prob)` per position, most likely
-    first.
-    """
-    import torch
-
-    arr = check_windows(model, windows, source)
-    n, window = arr.shape
-    for w, t in positions:
-        if not (0 <= w < n and 1 <= t < window):
-            raise SeedscopeError(
-                f"Position ({w}, {t}) is outside windows [{n}, {window}] or at t=0 (no context).",
-                f"use 0 <= w < {n} and 1 <= t < {window}.",
-            )
-    dev = resolve_device(device)
-    was_training = model.training
-    model.eval()
-    model.to(dev)
-    results: list[list[tuple[int, float]]] = []
-    try:
-        with torch.inference_mode():
-            by_window: dict[int, list[int]] = {}
-            for w, t in positions:
-                by_window.setdefault(int(w), []).append(int(t))
-            answers: dict[tuple[int, int], list[tuple[int, float]]] = {}
-            for w, ts in by_window.items():
-                ids = torch.as_tensor(np.asarray(arr[w : w + 1], dtype=np.int64), device=dev)
-                logits = model(input_ids=ids, use_cache=False).logits[0]
-                prev = torch.as_tensor([t - 1 for t in ts], device=dev)
-                probs = torch.softmax(logits[prev].float(), dim=-1)
-                top = torch.topk(probs, min(k, probs.shape[-1]), dim=-1)
-                for i, t in enumerate(ts):
-                    answers[(w, t)] = [
-                        (int(tok), float(p))
-                        for tok, p in zip(
-                            top.indices[i].tolist(), top.values[i].tolist(), strict=True
-                        )
-                    ]
-            results = [answers[(int(w), int(t))] for w, t in positions]
-    finally:
-        model.train(was_training)
-    return results
 
 
 # ----------------------------------------------------------------------------- storage
@@ -333,25 +312,66 @@ def evaluate_to_file(
     threads: int | None = None,
     source: str | None = None,
     logits_budget_mb: float = 64.0,
+    top_k: int = 0,
+    topk_path: str | os.PathLike[str] | None = None,
 ) -> str:
     """Stream `token_logprobs` batch by batch into a float32 `.npy` `[n_windows, window]`;
-    return the file's sha256.
+    return the file's sha256. With `top_k > 0`, the same pass writes the top-k guesses
+    (`iter_logprobs`) to `topk_path`.
 
-    Writes through `numpy.lib.format.open_memmap` on a temp path in the target folder and
-    renames it into place only when complete, so memory stays flat as the token count grows
-    and no reader ever sees a half-written file.
+    Writes through `numpy.lib.format.open_memmap` on temp paths in the target folders and
+    renames them into place only when complete (the top-k file first), so memory stays flat
+    as the token count grows and no reader ever sees a half-written file.
     """
     arr = check_windows(model, windows, source)
-    with atomic_path(out_path) as tmp:
+    if top_k and topk_path is None:
+        raise SeedscopeError("top_k > 0 needs a topk_path to write to.", "pass topk_path.")
+    head = _heads(model)[1]
+    vocab = head.weight.shape[0] if head is not None else model_limits(model)[0]
+    k = min(int(top_k), vocab)
+    with atomic_path(out_path) as tmp, (
+        atomic_path(topk_path) if k else nullcontext(None)
+    ) as top_tmp:  # fmt: skip
         mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=arr.shape)
-        for start, lp in iter_logprobs(
-            model, arr, batch_size, device, dtype, threads, source, logits_budget_mb
+        top_mm = (
+            np.lib.format.open_memmap(
+                top_tmp, mode="w+", dtype=topk_dtype(vocab), shape=(*arr.shape, k)
+            )
+            if k
+            else None
+        )
+        for start, lp, top in iter_logprobs(
+            model, arr, batch_size, device, dtype, threads, source, logits_budget_mb, k
         ):
             mm[start : start + lp.shape[0]] = lp
-        mm.flush()
-        del mm
+            if top_mm is not None:
+                top_mm[start : start + lp.shape[0]] = top
+        for m in (mm, top_mm):
+            if m is not None:
+                m.flush()
+        del mm, top_mm
         digest = file_sha256(tmp)
     return digest
+
+
+def load_topk(out_dir: str | os.PathLike[str] | None, run: str, step: int) -> np.ndarray:
+    """The top-k guesses `[n_windows, window, k]` (`topk_dtype`) a full unit of `run` at
+    `step` kept (memory-mapped), or a one-line error naming the setting that keeps them."""
+    from seedscope.paths import token_losses_dir
+
+    out = Path(out_dir) if out_dir is not None else token_losses_dir()
+    unit = _complete_units(out, run).get(int(step))
+    if unit is None or not unit.get("topk_file"):
+        raise SeedscopeError(
+            f"The sweep in {out} kept no top-k predictions for run {run!r} at step {step}.",
+            "set token_losses.top_k > 0 (and the step among its full steps), then `dvc repro`.",
+        )
+    return np.load(out / unit["topk_file"], mmap_mode="r")
+
+
+def topk_relpath(run: str, step: int) -> str:
+    """Relative path of a full unit's top-k file."""
+    return f"{run}/topk/step-{step}.npy"
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

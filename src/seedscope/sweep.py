@@ -27,7 +27,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -45,12 +45,15 @@ from seedscope.losses import (
     file_sha256,
     read_manifest,
     token_logprobs,
+    topk_relpath,
     unit_key,
     unit_relpath,
 )
 from seedscope.suites import Suite
 
 FORMAT_VERSION = 1
+# a unit's log-prob files and their sha256 keys in the manifest
+GRID_FILES = (("file", "sha256"), ("traj_file", "traj_sha256"), ("topk_file", "topk_sha256"))
 
 
 # ----------------------------------------------------------------------------- config
@@ -67,7 +70,9 @@ class SweepConfig:
     (current + prefetched checkpoint). scheduler: Dask scheduler address ('' = local).
     scheduler_timeout_s: how long to wait for it. trajectory_tokens: size of the token
     subset kept at every step (0 = none). seed: picks that subset.
-    logits_budget_mb: memory for one chunk of LM-head logits.
+    logits_budget_mb: memory for one chunk of LM-head logits. top_k: full units also keep
+    the model's top-k guesses at every position, from the same forward pass (0 = none; the
+    outlier tables print them).
     """
 
     steps: tuple[Any, ...] = ("final",)
@@ -81,6 +86,7 @@ class SweepConfig:
     trajectory_tokens: int = 4096
     seed: int = 0
     logits_budget_mb: float = 64.0
+    top_k: int = 5
 
     def __post_init__(self) -> None:
         steps = self.steps
@@ -99,6 +105,7 @@ class SweepConfig:
         _nonneg_int(self, "threads", "use 0 for torch's default or a positive thread count.")
         _nonneg_int(self, "trajectory_tokens", "use 0 for none or e.g. 4096.")
         _nonneg_int(self, "seed", "use a non-negative integer seed.")
+        _nonneg_int(self, "top_k", "use 0 for none or e.g. 5.")
         if not isinstance(self.device, str) or not (
             self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")
         ):
@@ -146,6 +153,7 @@ class Unit:
     revision: str = field(compare=False)
     full: bool = field(default=True, compare=False)
     logprobs: bool = field(default=True, compare=False)  # False: a probe-only unit
+    keep_grid: bool = field(default=False, compare=False)  # True: only its probes are stale
 
     @property
     def kind(self) -> str:
@@ -385,9 +393,11 @@ def compute_unit(
 ) -> dict[str, Any]:
     """Load, evaluate and write one unit (atomically); return its manifest entry fields.
 
-    Full units write `<run>/step-<N>.npy` `[n_windows, window]` (and the subset, if any);
-    trajectory units evaluate only the windows holding subset tokens and write
-    `<run>/traj/step-<N>.npy` `[n_subset]`. Runs on the driver or on a Dask worker.
+    Full units write `<run>/step-<N>.npy` `[n_windows, window]` (and the subset, if any;
+    with `cfg.top_k`, also `<run>/topk/step-<N>.npy`); trajectory units evaluate only the
+    windows holding subset tokens and write `<run>/traj/step-<N>.npy` `[n_subset]`. A
+    `keep_grid` unit measures its probes only (its log-prob files are intact and stay).
+    Runs on the driver or on a Dask worker.
     """
     t0 = time.perf_counter()
     out = Path(out_dir)
@@ -401,14 +411,21 @@ def compute_unit(
         logits_budget_mb=cfg.logits_budget_mb,
     )
     n_windows, window = windows.shape
-    entry: dict[str, Any] = {"file": None, "sha256": None, "traj_file": None, "traj_sha256": None}
+    entry: dict[str, Any] = {}
+    if not unit.keep_grid:
+        entry = {"file": None, "sha256": None, "traj_file": None, "traj_sha256": None}
     tokens = 0
-    if not unit.logprobs:
+    if not unit.logprobs or unit.keep_grid:
         pass
     elif unit.full:
         rel = unit_relpath(unit.run, unit.step)
-        entry["sha256"] = evaluate_to_file(model, windows, out / rel, **kw)
+        top_rel = topk_relpath(unit.run, unit.step)
+        entry["sha256"] = evaluate_to_file(
+            model, windows, out / rel, **kw, top_k=cfg.top_k, topk_path=out / top_rel
+        )
         entry["file"] = rel
+        if cfg.top_k:
+            entry.update(topk_file=top_rel, topk_sha256=file_sha256(out / top_rel), top_k=cfg.top_k)
         tokens = n_windows * window
         if subset is not None:
             grid = np.load(out / rel, mmap_mode="r").reshape(-1)
@@ -424,7 +441,7 @@ def compute_unit(
         lp = token_logprobs(model, windows[rows], **kw)
         traj = lp.reshape(-1)[np.searchsorted(rows, subset // window) * window + subset % window]
         tokens = len(rows) * window
-    if subset is not None and unit.logprobs:
+    if subset is not None and unit.logprobs and not unit.keep_grid:
         trel = unit_relpath(unit.run, unit.step, trajectory=True)
         write_npy(out / trel, traj.astype(np.float32))
         entry["traj_file"] = trel
@@ -491,15 +508,18 @@ def _unit_done(
     commit: str | None = None,
     probes: dict[str, str] | None = None,
     kind: str | None = None,
+    top_k: int = 0,
 ) -> bool:
     """A unit is done when the manifest lists it with this configuration and `kind` (a
     probe-only unit never stands in for a log-prob unit, nor a full for a trajectory one),
-    its files match their sha256, (where the cache tells) it was computed from the same
-    weights, and it holds every probe in `probes` (name -> digest) with that digest and
-    intact files."""
+    a full unit keeps `top_k` guesses, its files match their sha256, (where the cache tells)
+    it was computed from the same weights, and it holds every probe in `probes`
+    (name -> digest) with that digest and intact files."""
     if not entry or entry.get("params_hash") != params_hash:
         return False
     if kind is not None and entry.get("kind", kind) != kind:
+        return False
+    if (kind or entry.get("kind")) == "full" and entry.get("top_k", 0) != top_k:
         return False
     held = entry.get("probes", {})
     for name, digest in (probes or {}).items():
@@ -511,7 +531,7 @@ def _unit_done(
                 return False
     if commit is not None and entry.get("commit") not in (None, commit):
         return False
-    for fkey, hkey in (("file", "sha256"), ("traj_file", "traj_sha256")):
+    for fkey, hkey in GRID_FILES:
         rel = entry.get(fkey)
         if rel is None:
             continue
@@ -521,9 +541,12 @@ def _unit_done(
     return True
 
 
-def _entry_files(entry: dict[str, Any]) -> list[str]:
-    """Every file a manifest entry lists (grid, trajectory, probe tables), relative paths."""
-    files = [entry[k] for k in ("file", "traj_file") if entry.get(k)]
+def _entry_files(entry: dict[str, Any], probes: bool = True) -> list[str]:
+    """Every file a manifest entry lists (grid, trajectory, top-k, and with `probes` the
+    probe tables), relative paths."""
+    files = [entry[k] for k, _ in GRID_FILES if entry.get(k)]
+    if not probes:
+        return files
     for probe in entry.get("probes", {}).values():
         files += [rel for rel, _ in probe["files"].values()]
     return files
@@ -686,17 +709,27 @@ def run_sweep(
         commits = {unit.key: commit_of(unit) for unit in units}
     rows: list[dict[str, Any]] = []
     todo: list[Unit] = []
+    kept: dict[str, dict[str, Any]] = {}  # grid fields of units whose probes alone are redone
     for unit in units:
         entry = manifest["units"].get(unit.key)
-        if _unit_done(out, entry, params_hash, commits[unit.key], wanted[unit.key], unit.kind):
+        done = (out, entry, params_hash, commits[unit.key])
+        if _unit_done(*done, wanted[unit.key], unit.kind, cfg.top_k):
             for name in sorted(set(entry.get("probes", {})) - set(wanted[unit.key])):
                 for rel, _ in entry["probes"].pop(name)["files"].values():
                     (out / rel).unlink(missing_ok=True)  # a probe no longer asked for
             rows.append(_row(unit, "skipped", 0.0, 0))
-        else:
-            for rel in _entry_files(manifest["units"].pop(unit.key, None) or {}):
-                (out / rel).unlink(missing_ok=True)  # recomputed: no stale file stays behind
-            todo.append(unit)
+            continue
+        old = manifest["units"].pop(unit.key, None) or {}
+        grid_ok = unit.logprobs and _unit_done(*done, {}, unit.kind, cfg.top_k)
+        stale = set(_entry_files(old))
+        if grid_ok:  # only probes are stale: measure them, keep the log-prob files
+            stale -= set(_entry_files(old, probes=False))
+            grid_keys = [k for pair in GRID_FILES for k in pair] + ["top_k", "tokens"]
+            kept[unit.key] = {k: old[k] for k in grid_keys if k in old}
+            unit = replace(unit, keep_grid=True)
+        for rel in sorted(stale):
+            (out / rel).unlink(missing_ok=True)  # recomputed: no stale file stays behind
+        todo.append(unit)
     write_json(out / MANIFEST, manifest)
 
     from tqdm.auto import tqdm
@@ -721,6 +754,7 @@ def run_sweep(
             **provenance,
             # wall time stays out of the manifest (a pipeline output): same inputs, same bytes
             **{k: v for k, v in entry.items() if k != "seconds"},
+            **kept.get(unit.key, {}),  # a unit that redid only its probes keeps its grid's
         }
         write_json(out / MANIFEST, manifest)
         tokens_done += entry["tokens"]
@@ -751,7 +785,7 @@ def _prune(out: Path, manifest: dict[str, Any], keep: set[str]) -> None:
     listed = {
         (out / entry[name]).resolve()
         for entry in units.values()
-        for name in ("file", "traj_file")
+        for name, _ in GRID_FILES
         if entry.get(name)
     } | {
         (out / rel).resolve()
@@ -759,7 +793,7 @@ def _prune(out: Path, manifest: dict[str, Any], keep: set[str]) -> None:
         for probe in entry.get("probes", {}).values()
         for rel, _ in probe["files"].values()
     }
-    files = sorted(out.glob("*/step-*.npy")) + sorted(out.glob("*/traj/step-*.npy"))
+    files = [p for sub in ("", "traj/", "topk/") for p in sorted(out.glob(f"*/{sub}step-*.npy"))]
     for path in files + sorted(out.glob("*/probes/*/*/step-*.parquet")):
         if path.resolve() not in listed:
             path.unlink()

@@ -148,35 +148,41 @@ def meta_columns(meta: pd.DataFrame) -> list[str]:
     return [c for c in META_COLUMNS if c in meta.columns]
 
 
-def topk_lookup(resolved: ResolvedSuite, step: int, tokens: Any, rows: pd.DataFrame, k: int):
-    """A `topk(run, window, pos)` callable for outlier tables: each needed run's checkpoint is
-    loaded once and asked only for the rows' positions (the distribution that scored the
-    target at `pos`: P(. | tokens[:pos])). A hub checkpoint fetched for this is evicted
-    afterwards (the sweep had evicted it; only these tables need it again)."""
-    from seedscope.checkpoints import cached_steps, evict_checkpoint, load_checkpoint
-    from seedscope.losses import topk_predictions
+def check_topk(resolved: ResolvedSuite, step: int, k: int, section: str) -> None:
+    """Before any work: the sweep kept at least `k` top-k guesses for every run at `step`
+    (a one-line error naming `token_losses.top_k` otherwise)."""
+    from seedscope.errors import SeedscopeError
+    from seedscope.losses import load_topk
 
-    needed: dict[str, set[tuple[int, int]]] = {}
-    for col in ("run_a", "run_b", "run"):
-        if col in rows.columns:
-            for run, w, p in zip(rows[col], rows["window"], rows["pos"], strict=True):
-                if isinstance(run, str):  # rows of another table leave this column empty
-                    needed.setdefault(run, set()).add((int(w), int(p)))
-    table: dict[tuple[str, int, int], list[tuple[str, float]]] = {}
-    hub = resolved.suite.local_cache is None
-    for run, positions in sorted(needed.items()):
-        was_cached = hub and step in cached_steps(resolved.suite, run)
-        try:
-            model, tokenizer = load_checkpoint(resolved.suite, run, step)
-            ordered = sorted(positions)
-            preds = topk_predictions(model, tokens, ordered, k=k)
-            del model
-        finally:
-            if hub and not was_cached:
-                evict_checkpoint(resolved.suite, run, step)
-        for (w, p), pred in zip(ordered, preds, strict=True):
-            table[(run, w, p)] = [(tokenizer.decode([int(t)]), float(pr)) for t, pr in pred]
-    return lambda run, window, pos: table[(run, int(window), int(pos))]
+    for run in resolved.run_names:
+        kept = load_topk(token_losses_root(resolved), run, step).shape[-1]
+        if kept < k:
+            raise SeedscopeError(
+                f"{section}.top_k = {k} but the sweep kept {kept} guesses per token.",
+                f"set token_losses.top_k >= {k} (or {section}.top_k <= {kept}), then `dvc repro`.",
+            )
+
+
+def topk_lookup(resolved: ResolvedSuite, step: int, k: int, decode: Any):
+    """A `topk(run, window, pos)` callable for outlier tables: the `k` most likely tokens
+    (decoded) and their probabilities under P(. | tokens[:pos]), read from the top-k guesses
+    the sweep kept in each full unit (same forward pass as the log-probs): no weights load."""
+    import numpy as np
+
+    from seedscope.losses import load_topk
+
+    tables: dict[str, np.ndarray] = {}
+
+    def topk(run: str, window: int, pos: int) -> list[tuple[str, float]]:
+        if run not in tables:
+            tables[run] = load_topk(token_losses_root(resolved), run, step)
+        row = tables[run][int(window), int(pos), :k]
+        return [
+            (decode([int(t)]), float(np.exp(np.float32(lp))))
+            for t, lp in zip(row["id"], row["logprob"], strict=True)
+        ]
+
+    return topk
 
 
 def pair_groups(resolved: ResolvedSuite) -> dict[str, list[tuple[str, str]]]:
@@ -348,8 +354,7 @@ def agreement_analysis(
             (pairs_table["kind"] == "abs_diff") & (pairs_table["diff"].abs() > cfg.divergence_floor)
         ].reset_index(drop=True)
         odd = odd_one_out_within_size(logprobs, sizes, k, cfg.divergence_floor)
-        rows = pd.concat([pairs_table, odd], ignore_index=True)
-        topk = topk_lookup(resolved, step, tokens, rows, cfg.top_k)
+        topk = topk_lookup(resolved, step, cfg.top_k, decode)
         pairs_table = compare.attach_context(
             pairs_table, tokens, decode, logprobs, topk=topk, n_before=cfg.context_tokens
         )
@@ -451,6 +456,7 @@ def loss_correlation_stage(suite: dict[str, Any], loss_correlation: dict[str, An
 
     resolved = resolve_suite(suite)
     cfg = stage_config("loss_correlation", loss_correlation)
+    check_topk(resolved, resolved.final_step, cfg.top_k, "loss_correlation")
     fresh_outputs("loss_correlation")
     res = agreement_analysis("loss_correlation", resolved, resolved.final_step, cfg)
     heads = {}
@@ -574,6 +580,7 @@ def convergence_stage(suite: dict[str, Any], convergence: dict[str, Any]):
 
     resolved = resolve_suite(suite)
     cfg = stage_config("convergence", convergence)
+    check_topk(resolved, resolved.mid_step, cfg.top_k, "convergence")
     out, _ = fresh_outputs("convergence")
     mid = agreement_analysis("convergence", resolved, resolved.mid_step, cfg)
     final = agreement_analysis(
