@@ -18,7 +18,6 @@ import contextlib
 import json
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -113,12 +112,65 @@ def crfm_run(tmp_path_factory, english) -> dict:
     scaled["corpus"].update(text_dir=str(english), tokenizer_dir=str(snapshot))
     root = _project(base, _scaled("crfm", **scaled))
     start = time.monotonic()
+    # README's command, killed (`kill -9`) a few units into the sweep, then run again: the
+    # rerun must resume the sweep and finish every stage
+    killed = _kill_mid_sweep(root, fab, root / "results" / "token_losses" / "crfm-rehearsal")
     out = _dvc(root, fab, "repro")
     seconds = time.monotonic() - start
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-4000:]
-    print(f"\nCRFM rehearsal: dvc repro through every stage in {seconds:.0f} s")
+    print(f"\nCRFM rehearsal: dvc repro (killed mid-sweep, rerun) through every stage in "
+          f"{seconds:.0f} s")  # fmt: skip
     text = (english / "stdlib-docs.txt").read_text()
-    return {"root": root, "fab": fab, "seconds": seconds, "text": text}
+    return {"root": root, "fab": fab, "seconds": seconds, "text": text, "killed": killed}
+
+
+def _unit_files(folder: Path, manifest: dict) -> list[Path]:
+    """Every file of the manifest's units: log-prob grids, trajectories, top-k guesses, and
+    the behaviour and induction tables measured in the same units."""
+    files = []
+    for unit in manifest["units"].values():
+        files += [folder / unit[k] for k in ("file", "traj_file", "topk_file") if unit.get(k)]
+        for probe in unit.get("probes", {}).values():
+            files += [folder / rel for rel, _ in probe["files"].values()]
+    return files
+
+
+def _kill_mid_sweep(root: Path, fab: dict, folder: Path, at_least: int = 3) -> dict:
+    """Start `dvc repro` and `kill -9` its whole process tree once the sweep has finished
+    `at_least` units; return the manifest at the kill and the finished files' (inode, mtime)."""
+    dvc = str(Path(sys.executable).parent / "dvc")
+    proc = subprocess.Popen(
+        [dvc, "repro"],
+        cwd=root,
+        env=_env(root, fab),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            done = json.loads((folder / "manifest.json").read_text())
+        except (OSError, ValueError):
+            done = {}
+        if len(done.get("units", {})) >= at_least:
+            break
+        time.sleep(0.05)
+    # Jupyter starts the notebook's kernel in a session of its own, so killing dvc's process
+    # group alone leaves the kernel alive for up to a second (its parent poller), long enough to
+    # finish one more unit: kill the whole tree
+    tree = psutil.Process(proc.pid).children(recursive=True)
+    os.killpg(proc.pid, signal.SIGKILL)
+    for child in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+    psutil.wait_procs(tree, timeout=30)
+    proc.wait()
+    # what the killed sweep had finished: a unit may have landed between the last read and
+    # the kill (the manifest is written atomically after each unit)
+    done = json.loads((folder / "manifest.json").read_text())
+    stamps = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in _unit_files(folder, done)}
+    return {"manifest": done, "stamps": stamps}
 
 
 def _metrics(root: Path, stage: str) -> dict:
@@ -200,78 +252,47 @@ def test_crfm_behaviours_scored_and_induction_uses_the_log(crfm_run):
     assert "no training log" not in _html(root, "induction")
 
 
-def test_crfm_sweep_killed_inside_dvc_repro_resumes(crfm_run, tmp_path):
-    """`kill -9` of `dvc repro` mid-sweep, then `dvc repro` again: units finished before the
-    kill are not recomputed (same inode and mtime) and the output equals the first run's."""
-    source, fab = crfm_run["root"], crfm_run["fab"]
-    root = tmp_path / "project"
-    shutil.copytree(source, root, symlinks=True)
-    sweep = root / "results" / "token_losses"
-    folder = sweep / "crfm-rehearsal"
+def test_crfm_sweep_killed_inside_dvc_repro_resumes(crfm_run, tmp_path, monkeypatch):
+    """`kill -9` of `dvc repro` mid-sweep, then `dvc repro` again (the rehearsal above): units
+    finished before the kill are not recomputed (same inode and mtime), every unit file
+    matches its manifest sha256, and units from both sides of the kill equal a fresh
+    evaluation of the same checkpoint, byte for byte."""
+    from seedscope.losses import file_sha256
+    from seedscope.pipeline import read_params
+    from seedscope.suites import get_suite
+    from seedscope.sweep import HubStore, SweepConfig, Unit, compute_unit
 
-    def unit_files(manifest: dict) -> list[Path]:
-        grids = [
-            folder / u[k]
-            for u in manifest["units"].values()
-            for k in ("file", "traj_file", "topk_file")
-            if u.get(k)
-        ]
-        probes = [  # behaviour and induction tables measured in the same units
-            folder / rel
-            for u in manifest["units"].values()
-            for probe in u.get("probes", {}).values()
-            for rel, _ in probe["files"].values()
-        ]
-        return grids + probes
-
-    def outputs() -> dict[str, bytes]:
-        files = sorted(folder.rglob("*.npy")) + sorted(folder.rglob("*.parquet"))
-        return {p.relative_to(folder).as_posix(): p.read_bytes() for p in files}
-
-    reference = outputs()
-    assert any(name.endswith(".parquet") for name in reference)
-    total = len(json.loads((folder / "manifest.json").read_text())["units"])
-    shutil.rmtree(sweep)
-    dvc = str(Path(sys.executable).parent / "dvc")
-    proc = subprocess.Popen(
-        [dvc, "repro", "token_losses"],
-        cwd=root,
-        env=_env(root, fab),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    done: dict = {}
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            done = json.loads((folder / "manifest.json").read_text())
-        except (OSError, ValueError):
-            done = {}
-        if len(done.get("units", {})) >= 3:
-            break
-        time.sleep(0.05)
-    # Jupyter starts the notebook's kernel in a session of its own, so killing dvc's process
-    # group alone leaves the kernel alive for up to a second (its parent poller), long enough to
-    # finish one more unit: kill the whole tree
-    tree = psutil.Process(proc.pid).children(recursive=True)
-    os.killpg(proc.pid, signal.SIGKILL)
-    for child in tree:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            child.kill()
-    psutil.wait_procs(tree, timeout=30)
-    proc.wait()
-    # what the killed sweep had finished: a unit may have landed between the last read and
-    # the kill (the manifest is written atomically after each unit)
-    done = json.loads((folder / "manifest.json").read_text())
-    finished = unit_files(done)
-    assert 3 <= len(done["units"]) < total, "the kill did not land mid-sweep"
-    stamps = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in finished}
-    out = _dvc(root, fab, "repro", "token_losses")
-    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
-    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in finished} == stamps
-    assert outputs() == reference
-    assert f"{len(done['units'])} already complete" in _html(root, "token_losses")
+    root, fab, killed = crfm_run["root"], crfm_run["fab"], crfm_run["killed"]
+    folder = root / "results" / "token_losses" / "crfm-rehearsal"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    before = killed["manifest"]["units"]
+    assert 3 <= len(before) < len(manifest["units"]), "the kill did not land mid-sweep"
+    stamps = killed["stamps"]
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in stamps} == stamps
+    assert f"{len(before)} already complete" in _html(root, "token_losses")
+    for unit in manifest["units"].values():
+        for key in ("file", "traj_file", "topk_file"):
+            if unit.get(key):
+                assert file_sha256(folder / unit[key]) == unit[key.replace("file", "sha256")]
+    # a unit finished before the kill and the last (full) one finished after: recomputed
+    # here from the same checkpoint, they equal what the resumed pipeline kept
+    for name, value in _env(root, fab).items():
+        monkeypatch.setenv(name, value)
+    suite = get_suite("crfm-rehearsal")
+    cfg = SweepConfig(**read_params(root / "params.yaml")["token_losses"])
+    windows = np.load(root / "results" / "corpus" / "eval_tokens.npy")
+    subset = np.load(folder / "trajectory_tokens.npy")
+    first = min(before.values(), key=lambda u: (u["run"], u["step"]))
+    last = max(manifest["units"].values(), key=lambda u: (u["run"], u["step"]))
+    assert last["kind"] == "full" and last["topk_file"]
+    for entry in (first, last):
+        unit = Unit(entry["run"], entry["step"], entry["repo_id"], entry["revision"],
+                    full=entry["kind"] == "full", logprobs=entry["kind"] != "probe")  # fmt: skip
+        store = HubStore(suite, cache_dir=str(fab["cache"]))  # env read at import: pass it
+        compute_unit(unit, windows, str(tmp_path), cfg, store, subset)
+        for key in ("file", "traj_file", "topk_file"):
+            if entry.get(key):
+                assert (tmp_path / entry[key]).read_bytes() == (folder / entry[key]).read_bytes()
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from seedscope.codedeps import PACKAGE_DATA, stage_code_deps, stage_modules
 from seedscope.config import from_section
 from seedscope.errors import SeedscopeError
 from seedscope.pipeline import SECTION_CONFIGS, STAGES, config_class, read_params, validate_stage
@@ -24,8 +25,50 @@ def test_every_stage_is_in_dvc_yaml_with_the_same_params_and_its_notebook():
         assert spec["cmd"] == f"seedscope stage {name}"
         assert spec["params"] == list(stage.sections), name
         deps = spec["deps"]
-        assert f"notebooks/{stage.notebook}.ipynb" in deps and "src/seedscope" in deps
+        assert f"notebooks/{stage.notebook}.ipynb" in deps
         assert not any(d.endswith(".ipynb") and d.startswith("reports") for d in deps)
+
+
+def test_every_stage_depends_on_exactly_its_code_import_closure():
+    """dvc.yaml lists, per stage, the package files its code can import (`codedeps`): a
+    missed one would leave that stage's results stale after an edit; so the lists must be
+    exactly the computed closure (regenerate them from `stage_code_deps` after adding an
+    import)."""
+    for name in STAGES:
+        listed = [d for d in DVC[name]["deps"] if d.startswith("src/")]
+        assert listed == stage_code_deps(name), (
+            f"dvc.yaml stage {name}: deps under src/ should be {stage_code_deps(name)}"
+        )
+    for dep in {d for spec in DVC.values() for d in spec["deps"] if d.startswith("src/")}:
+        assert (ROOT / dep).exists(), dep
+
+
+def test_the_import_closure_follows_local_imports_glue_calls_and_config_classes():
+    """The closure reaches what a static `import` scan of module tops would miss: imports
+    inside functions, the stage glue's calls into other glue functions, config classes
+    imported by name, and package data folders; and it leaves other analyses out."""
+    pca = stage_modules("loss_pca")
+    assert {"pca", "stage_params", "workflow", "pipeline"} <= set(pca)
+    assert not {"behaviours", "induction", "trajectories", "report"} & set(pca)
+    # token_losses measures the behaviour and induction probes (workflow.behaviour_probe /
+    # induction_probe import them inside functions) and is configured by sweep.SweepConfig
+    assert {"behaviours", "induction", "sweep", "losses"} <= set(stage_modules("token_losses"))
+    assert "pca" not in stage_modules("token_losses")
+    assert "src/seedscope/probes" in stage_code_deps("token_losses")
+    assert "src/seedscope/templates" in stage_code_deps("report")
+    # editing the PCA module re-runs only the PCA stage
+    assert [n for n in STAGES if "pca" in stage_modules(n)] == ["loss_pca"]
+
+
+def test_every_package_data_folder_is_declared_with_the_module_that_reads_it():
+    """A module that reads a folder of package data (`Path(__file__).with_name(...)`, a
+    jinja2 `PackageLoader`) must list it in `codedeps.PACKAGE_DATA`."""
+    pattern = re.compile(r'with_name\("(\w+)"\)|PackageLoader\("seedscope", "(\w+)"\)')
+    for path in sorted((ROOT / "src" / "seedscope").glob("*.py")):
+        for match in pattern.finditer(path.read_text()):
+            folder = match.group(1) or match.group(2)
+            if (ROOT / "src" / "seedscope" / folder).is_dir():
+                assert folder in PACKAGE_DATA.get(path.stem, ()), (path.stem, folder)
 
 
 def test_every_stage_dep_is_an_upstream_out_or_source():

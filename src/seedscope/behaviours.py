@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from seedscope.corpus import freq_bucket  # the corpus's train-count buckets
 from seedscope.errors import SeedscopeError, closest
 from seedscope.io import folder_files
 from seedscope.losses import torch_threads
@@ -264,11 +265,6 @@ def fact_prompt(template: str, entity: str, attribute: str) -> tuple[str, str] |
     sep = " " if head.endswith(" ") else ""
     prompt = head.rstrip(" ").replace("{entity}", entity)
     return (prompt, sep) if prompt else None
-
-
-def freq_bucket(count: int) -> str:
-    """Train-count bucket, the corpus's convention: '0', else '1e{k}' for [10^k, 10^(k+1))."""
-    return "0" if count <= 0 else f"1e{len(str(int(count))) - 1}"
 
 
 def _split_last_word(text: str, strip: str) -> tuple[str, str] | None:

@@ -20,9 +20,14 @@ from pathlib import Path
 from seedscope.io import atomic_path
 
 
+def repo_slug(repo_id: str) -> str:
+    """A repo id as one path component, the hub cache's way: `org/name` -> `org--name`."""
+    return repo_id.replace("/", "--")
+
+
 def repo_folder(cache_dir: str | os.PathLike[str], repo_id: str) -> Path:
     """The cache folder of a model repo: `models--org--name`."""
-    return Path(cache_dir) / ("models--" + repo_id.replace("/", "--"))
+    return Path(cache_dir) / ("models--" + repo_slug(repo_id))
 
 
 def commit_hash(revision: str, file_hashes: Mapping[str, str]) -> str:

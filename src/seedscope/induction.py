@@ -25,6 +25,7 @@ from scipy import optimize, stats
 from scipy.ndimage import gaussian_filter1d
 
 from seedscope.errors import SeedscopeError
+from seedscope.stats import log_step
 
 # --------------------------------------------------------------------------------------
 # Naming and attention capture
@@ -466,11 +467,6 @@ def icl_score(
 # --------------------------------------------------------------------------------------
 # Phase-change detection
 # --------------------------------------------------------------------------------------
-
-
-def log_step(steps: Sequence[int] | np.ndarray) -> np.ndarray:
-    """The step axis used for every fit here: `log(step + 1)`."""
-    return np.log(np.asarray(steps, dtype=float) + 1.0)
 
 
 def _from_log(x: float) -> float:

@@ -24,6 +24,11 @@ from seedscope.errors import SeedscopeError
 _Z_CACHE: dict[float, float] = {}
 
 
+def log_step(steps: Sequence[int] | np.ndarray) -> np.ndarray:
+    """The step axis of every fit over training (trajectories, induction): `log(step + 1)`."""
+    return np.log(np.asarray(steps, dtype=float) + 1.0)
+
+
 def _z(ci: float) -> float:
     if not 0 < ci < 1:
         raise SeedscopeError(f"Confidence level {ci} is not in (0, 1).", "use e.g. ci=0.95.")

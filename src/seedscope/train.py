@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 from seedscope.errors import SeedscopeError
-from seedscope.hubcache import cached_revisions, repo_folder, write_snapshot
+from seedscope.hubcache import cached_revisions, repo_folder, repo_slug, write_snapshot
 from seedscope.io import atomic_path, read_json, write_json, write_parquet
 from seedscope.suites import Run, Suite
 
@@ -500,7 +500,12 @@ def induction_probe(
 
 
 def _run_file(log_dir: Path, run: Run, suffix: str) -> Path:
-    return log_dir / f"{run.repo_id.replace('/', '--')}{suffix}"
+    return log_dir / f"{repo_slug(run.repo_id)}{suffix}"
+
+
+def loss_log_path(log_dir: Path, run: Run) -> Path:
+    """Where `train_suite` writes a run's training loss (`step`, `loss` per logged step)."""
+    return _run_file(log_dir, run, ".loss.parquet")
 
 
 def default_log_dir(cache_dir: str | os.PathLike[str]) -> Path:
@@ -517,7 +522,7 @@ def _save_snapshot(
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # no "Writing model shards" bar per checkpoint
     try:
-        prefix = f".ckpt-{run.repo_id.replace('/', '--')}-"
+        prefix = f".ckpt-{repo_slug(run.repo_id)}-"
         with tempfile.TemporaryDirectory(prefix=prefix, dir=cache_dir) as tmp:
             model.save_pretrained(tmp)
             files: dict[str, Any] = {p.name: p for p in Path(tmp).iterdir() if p.is_file()}
@@ -531,7 +536,7 @@ def _save_snapshot(
 def _remove_partial_writes(cache: Path, logs: Path, run: Run) -> None:
     """Delete what a kill left half-written for this run (never another run's files, so
     parallel workers are safe): staging folders, `.tmp-*` files of its snapshots and logs."""
-    flat = run.repo_id.replace("/", "--")
+    flat = repo_slug(run.repo_id)
     for staging in cache.glob(f".ckpt-{flat}-*"):
         shutil.rmtree(staging, ignore_errors=True)
     for partial in repo_folder(cache, run.repo_id).rglob(".tmp-*"):
@@ -588,7 +593,7 @@ def train_run(
         f"{cfg.fingerprint()}:{corpus.fingerprint()}:{init_seed}:{data_seed}:{schedule}".encode()
     ).hexdigest()[:16]
     state_path = _run_file(logs, run, ".state.pt")
-    loss_path = _run_file(logs, run, ".loss.parquet")
+    loss_path = loss_log_path(logs, run)
     ckpt_path = _run_file(logs, run, ".checkpoints.parquet")
     meta_path = _run_file(logs, run, ".meta.json")
 
@@ -597,7 +602,7 @@ def train_run(
     if meta_path.exists() and read_json(meta_path).get("fingerprint") != fingerprint:
         raise SeedscopeError(
             f"Run {run.name!r} in {cache} / {logs} was trained with another config or corpus.",
-            f"delete its cache folder and {logs}/{run.repo_id.replace('/', '--')}.* to retrain.",
+            f"delete its cache folder and {logs}/{repo_slug(run.repo_id)}.* to retrain.",
         )
     if done and loss_path.exists() and meta_path.exists() and read_json(meta_path)["summary"]:
         return {**read_json(meta_path)["summary"], "skipped": True}

@@ -34,6 +34,7 @@ from scipy import optimize
 from scipy.special import expit
 
 from seedscope.errors import SeedscopeError
+from seedscope.stats import log_step
 
 CLASSES = ("flat", "smooth", "s_shaped", "non_monotone")
 _K = {
@@ -56,11 +57,6 @@ _FAMILY = {
     "hinge": "non_monotone",
     "two_step": "non_monotone",
 }
-
-
-def log_step(steps: Sequence[int] | np.ndarray) -> np.ndarray:
-    """The step axis of every fit: `log(step + 1)`."""
-    return np.log(np.asarray(steps, dtype=float) + 1.0)
 
 
 # --------------------------------------------------------------------------------------

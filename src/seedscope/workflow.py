@@ -2109,7 +2109,7 @@ def train_stage(suite: dict[str, Any], corpus: dict[str, Any], train: dict[str, 
     unigram = tr.unigram_loss(train_tokens, eval_tokens)
     curves = []
     for run in resolved.suite.runs:
-        log = pd.read_parquet(log_dir / f"{run.repo_id.replace('/', '--')}.loss.parquet")
+        log = pd.read_parquet(training_log_path(resolved, run.name))
         curves.append(log.assign(run=run.name))
     curves = pd.concat(curves, ignore_index=True)
     plot_dir = metrics_dir() / "plots" / "train_loss"
@@ -2172,8 +2172,9 @@ def train_stage(suite: dict[str, Any], corpus: dict[str, Any], train: dict[str, 
 
 def training_log_path(resolved: ResolvedSuite, run: str):  # type: ignore[no-untyped-def]
     """Where stage `train` keeps a run's training loss (`step`, `loss` per logged step)."""
-    repo_id = resolved.suite.run(run).repo_id
-    return results_dir() / "train" / f"{repo_id.replace('/', '--')}.loss.parquet"
+    from seedscope.train import loss_log_path
+
+    return loss_log_path(results_dir() / "train", resolved.suite.run(run))
 
 
 def training_log(resolved: ResolvedSuite, run: str) -> pd.DataFrame | None:
@@ -2291,9 +2292,11 @@ def pretrained_train_stage(resolved: ResolvedSuite, cfg: Any) -> dict[str, Any]:
 
 def checkpoint_probes(resolved: ResolvedSuite) -> pd.DataFrame:
     """The trainer's per-checkpoint probes (eval loss, copy-loss ratio, induction score)."""
+    from seedscope.hubcache import repo_slug
+
     frames = []
     for run in resolved.suite.runs:
-        path = results_dir() / "train" / f"{run.repo_id.replace('/', '--')}.checkpoints.parquet"
+        path = results_dir() / "train" / f"{repo_slug(run.repo_id)}.checkpoints.parquet"
         frames.append(pd.read_parquet(path).assign(run=run.name))
     return pd.concat(frames, ignore_index=True)
 
