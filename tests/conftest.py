@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from seedscope.pipeline import RECORD_MODULES
+
 sys.path.insert(0, str(Path(__file__).parent))
 
 import hubfake  # noqa: E402
@@ -42,11 +44,39 @@ def crfm_cache(tmp_path_factory) -> dict:
     return {"cache": cache, "suite": suite, "models": models, "vocab": vocab, "root": root}
 
 
+def modules_folder(root: Path) -> Path:
+    """Where each stage's kernel of a scratch project records the package modules it loaded
+    (`seedscope.pipeline.record_modules`), beside the project."""
+    return root.parent / f"{root.name}-modules"
+
+
+def assert_loaded_modules_within_deps(root: Path, stages: set[str] | None = None) -> None:
+    """Every package module a stage's kernel really loaded is among the stage's declared
+    code deps (`seedscope.codedeps`, which `dvc.yaml` lists): the static closure missed none
+    on the paths this run took."""
+    import json
+
+    from seedscope.codedeps import stage_modules
+    from seedscope.pipeline import STAGES
+
+    recorded = {p.stem: json.loads(p.read_text()) for p in modules_folder(root).glob("*.json")}
+    assert set(recorded) == (set(STAGES) if stages is None else stages)
+    for stage, loaded in recorded.items():
+        assert "workflow" in loaded, stage  # the recorder ran after the stage's own cells
+        extra = set(loaded) - set(stage_modules(stage))
+        assert not extra, f"stage {stage} loaded {sorted(extra)}, outside its declared deps"
+
+
 def run_pipeline(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """`dvc repro` (or other dvc args) in a scratch project at `root`."""
 
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "SEEDSCOPE_ROOT": str(root), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "SEEDSCOPE_ROOT": str(root),
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        RECORD_MODULES: str(modules_folder(root)),
+    }
     return subprocess.run(
         [str(bin_dir / "dvc"), *(args or ("repro",))],
         cwd=root,

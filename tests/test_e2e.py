@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import assert_loaded_modules_within_deps
 
 from seedscope.pipeline import STAGES
 
@@ -196,3 +197,7 @@ def test_dvc_metrics_show_prints_headlines(smoke_project):
     shown = json.loads(out.stdout)
     data = next(iter(shown.values()))["data"]
     assert "metrics/loss_correlation.json" in data
+
+
+def test_each_stage_loaded_only_modules_inside_its_declared_deps(smoke_project):
+    assert_loaded_modules_within_deps(smoke_project)

@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import nbformat
 import pytest
 import yaml
 
@@ -58,6 +59,27 @@ def test_the_import_closure_follows_local_imports_glue_calls_and_config_classes(
     assert "src/seedscope/templates" in stage_code_deps("report")
     # editing the PCA module re-runs only the PCA stage
     assert [n for n in STAGES if "pca" in stage_modules(n)] == ["loss_pca"]
+
+
+def test_the_closure_runs_shared_modules_by_function(tmp_path):
+    """The runner and the glue count by function: training does not depend on the sweep
+    (only `token_losses`' pre-flight uses it); a notebook that hides its glue calls behind
+    an alias is refused rather than read wrong."""
+    assert "sweep" not in stage_modules("train") and "sweep" in stage_modules("token_losses")
+    assert "corpus" in stage_modules("corpus") and "pca" not in stage_modules("report")
+    from seedscope import codedeps
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("from seedscope import workflow as wf\nwf.x()")]
+    path = tmp_path / "aliased.ipynb"
+    nbformat.write(nb, path)
+    with pytest.raises(ValueError, match="no alias"):
+        codedeps._notebook(path)
+    nb.cells = [
+        nbformat.v4.new_code_cell("from seedscope import workflow\nworkflow.loss_pca_stage()")
+    ]
+    nbformat.write(nb, path)
+    assert ("workflow", "loss_pca_stage") in codedeps._notebook(path)
 
 
 def test_every_package_data_folder_is_declared_with_the_module_that_reads_it():

@@ -2,31 +2,43 @@
 
 `dvc.yaml` gives each stage the package files its code can reach (and the data folders those
 modules read), so editing one analysis re-runs that analysis, not the whole pipeline. The
-closure is static and conservative:
+closure is static and conservative, over (module, function) nodes:
 
-- the notebook's `seedscope` imports, and the `workflow` functions it calls together with
-  every `workflow` function those call (the stage glue shares one module, so only the
-  functions reached count);
-- every `seedscope` import of each module reached, at module level or inside a function;
-- the config classes of the params sections the stage reads (`pipeline.SECTION_CONFIGS`
-  imports them by name, which no `import` statement shows);
-- the stage runner (`cli`, `pipeline`, the package `__init__`), and the data folders of the
-  modules reached (`PACKAGE_DATA`).
+- most modules count whole: every `seedscope` import in them, at module level or inside a
+  function, is followed;
+- the modules every stage shares (`SHARED`: the stage glue `workflow`, the runner `pipeline`
+  and `cli`) count by function: a function brings its own imports, the functions of the
+  same module it names, and the module's top-level imports; `from seedscope.workflow
+  import f` reaches `f` alone;
+- a stage starts from the `workflow` functions its notebook calls, the runner's path
+  (`cli._stage` -> `pipeline.run_stage`, the kernel's setup cell, and this stage's own
+  pre-flight, `pipeline.STAGE_PREFLIGHTS`), and the config classes of the params sections it
+  reads (`pipeline.SECTION_CONFIGS` imports them by name, which no `import` shows);
+- the package data folders of the modules reached (`PACKAGE_DATA`) count too.
 
-A test checks that `dvc.yaml` lists exactly this closure for every stage: a dep left out
-would give stale results silently, one too many re-runs a stage for nothing.
+`tests/test_pipeline.py` checks that `dvc.yaml` lists exactly this closure for every stage,
+and the end-to-end run checks that every `seedscope` module a stage's kernel really loaded
+is inside it: a dep left out would give stale results silently.
 """
 
 from __future__ import annotations
 
 import ast
 import json
+from functools import cache
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PACKAGE = "src/seedscope"  # the package as dvc.yaml names it (relative to the project)
-GLUE = "workflow"
-RUNNER = ("__init__", "cli", "pipeline")
+SHARED = ("workflow", "pipeline", "cli")
+# the runner's path into every stage: `seedscope stage NAME` and the kernel's setup cell
+RUNNER = (
+    ("__init__", None),
+    ("cli", "_stage"),
+    ("pipeline", "run_stage"),
+    ("pipeline", "quiet_kernel"),
+    ("pipeline", "record_modules"),
+)
 # module -> the package data folders it reads
 PACKAGE_DATA: dict[str, tuple[str, ...]] = {
     "suites": ("suites",),
@@ -35,88 +47,122 @@ PACKAGE_DATA: dict[str, tuple[str, ...]] = {
     "report": ("templates",),
 }
 
-
-def _modules() -> dict[str, Path]:
-    return {p.stem: p for p in sorted(PACKAGE_DIR.glob("*.py"))}
+Node = tuple[str, str | None]  # (module, function); None = the whole module
 
 
-def _imports(node: ast.AST) -> set[str]:
-    """The seedscope modules `node` imports anywhere inside it (`from seedscope import x`,
-    `from seedscope.x import y`, `import seedscope.x`)."""
-    known = set(_modules())
-    found: set[str] = set()
+@cache
+def _modules() -> dict[str, ast.Module]:
+    return {p.stem: ast.parse(p.read_text()) for p in sorted(PACKAGE_DIR.glob("*.py"))}
+
+
+def _targets(node: ast.AST, module: str = "") -> set[Node]:
+    """The nodes the `seedscope` imports anywhere inside `node` reach (relative imports are
+    resolved against the package; `from <shared> import f` reaches `f` alone)."""
+    known = _modules()
+    found: set[Node] = set()
     for n in ast.walk(node):
-        if isinstance(n, ast.ImportFrom) and n.module and n.module.split(".")[0] == "seedscope":
-            parts = n.module.split(".")
-            if len(parts) > 1:
-                found.add(parts[1])
+        if isinstance(n, ast.ImportFrom):
+            name = n.module or ""
+            if n.level:  # from . import x / from .x import y
+                name = "seedscope" + ("." + name if name else "")
+            parts = name.split(".")
+            if parts[0] != "seedscope":
+                continue
+            if len(parts) == 1:
+                found |= {(a.name, None) for a in n.names if a.name in known}
+            elif parts[1] in SHARED:
+                found |= {(parts[1], a.name) for a in n.names}
             else:
-                found |= {a.name for a in n.names if a.name in known}
+                found.add((parts[1], None))
         elif isinstance(n, ast.Import):
-            found |= {a.name.split(".")[1] for a in n.names if a.name.startswith("seedscope.")}
-    return found & known
+            found |= {
+                (a.name.split(".")[1], None) for a in n.names if a.name.startswith("seedscope.")
+            }
+    return {(m, f) for m, f in found if m in known and not (m == module and f is None)}
 
 
-def _notebook_code(path: Path) -> ast.Module:
-    """The notebook's code cells as one module (IPython magics and shell lines dropped)."""
+def _functions(module: str) -> dict[str, ast.AST]:
+    tree = _modules()[module]
+    return {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef | ast.ClassDef)}
+
+
+def _top(module: str) -> ast.Module:
+    """A module's statements outside its functions and classes."""
+    tree = _modules()[module]
+    body = [n for n in tree.body if not isinstance(n, ast.FunctionDef | ast.ClassDef)]
+    return ast.Module(body=body, type_ignores=[])
+
+
+def _step(node: Node) -> set[Node]:
+    """What one node reaches directly."""
+    module, func = node
+    if func is None or module not in SHARED:
+        return {(m, f) for m, f in _targets(_modules()[module], module)} | (
+            {(module, f) for f in _functions(module)} if module in SHARED else set()
+        )
+    funcs = _functions(module)
+    if func not in funcs:  # a constant (STAGES, SECTION_CONFIGS): the module's top level
+        return _targets(_top(module), module)
+    same = {n.id for n in ast.walk(funcs[func]) if isinstance(n, ast.Name) and n.id in funcs}
+    return (
+        _targets(_top(module), module) | _targets(funcs[func], module) | {(module, f) for f in same}
+    )
+
+
+def _notebook(path: Path) -> set[Node]:
+    """The nodes a notebook's code reaches: its imports and the `workflow` functions it
+    calls (`from seedscope import workflow`, then `workflow.f(...)`, is the one way in)."""
     cells = json.loads(path.read_text())["cells"]
-    lines = [
+    source = "\n".join(
         line
         for cell in cells
-        if cell["cell_type"] == "code"
+        if cell["cell_type"] == "code" and not "".join(cell["source"]).startswith("%%")
         for line in "".join(cell["source"]).splitlines()
         if not line.lstrip().startswith(("%", "!"))
-    ]
-    return ast.parse("\n".join(lines))
-
-
-def _glue_modules(called: set[str]) -> set[str]:
-    """Modules imported by the `workflow` functions in `called` and every `workflow`
-    function they reach (plus `workflow`'s module-level imports)."""
-    tree = ast.parse(_modules()[GLUE].read_text())
-    funcs = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
-    top = ast.Module(
-        body=[n for n in tree.body if not isinstance(n, ast.FunctionDef)], type_ignores=[]
     )
-    found = _imports(top)
-    seen: set[str] = set()
-    todo = [name for name in called if name in funcs]
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        found |= _imports(funcs[name])
-        todo += [n.id for n in ast.walk(funcs[name]) if isinstance(n, ast.Name) and n.id in funcs]
-    return found
+    tree = ast.parse(source)
+    for n in ast.walk(tree):
+        aliased = isinstance(n, ast.Import | ast.ImportFrom) and any(
+            a.asname and a.name.split(".")[-1] in SHARED for a in n.names
+        )
+        if aliased or (
+            isinstance(n, ast.Import) and any(a.name.startswith("seedscope.") for a in n.names)
+        ):
+            raise ValueError(
+                f"{path.name}: import the glue as `from seedscope import workflow` (no alias, "
+                "no `import seedscope.x`): seedscope.codedeps follows the calls on that name."
+            )
+    nodes = _targets(tree)
+    if ("workflow", None) in nodes:
+        nodes.discard(("workflow", None))
+        glue = _functions("workflow")
+        nodes |= {
+            ("workflow", n.attr)
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Attribute)
+            and isinstance(n.value, ast.Name)
+            and n.value.id == "workflow"
+            and n.attr in glue
+        }
+    return nodes
 
 
 def stage_modules(name: str) -> list[str]:
     """The package modules stage `name`'s code can reach (sorted)."""
-    from seedscope.pipeline import SECTION_CONFIGS, STAGES
+    from seedscope.pipeline import SECTION_CONFIGS, STAGE_PREFLIGHTS, STAGES
 
     stage = STAGES[name]
-    notebook = _notebook_code(PACKAGE_DIR.parents[1] / "notebooks" / f"{stage.notebook}.ipynb")
-    calls = {
-        n.attr
-        for n in ast.walk(notebook)
-        if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == GLUE
-    }
-    start = set(_imports(notebook)) | set(RUNNER)
-    start |= {SECTION_CONFIGS[s].split(":")[0].split(".")[1] for s in stage.sections}
-    if GLUE in start:
-        start |= _glue_modules(calls)
-    modules = _modules()
-    seen: set[str] = set()
-    todo = sorted(start)
+    todo = set(RUNNER) | _notebook(PACKAGE_DIR.parents[1] / "notebooks" / f"{stage.notebook}.ipynb")
+    todo |= {(SECTION_CONFIGS[s].split(":")[0].split(".")[1], None) for s in stage.sections}
+    if name in STAGE_PREFLIGHTS:
+        todo.add(("pipeline", STAGE_PREFLIGHTS[name].__name__))
+    seen: set[Node] = set()
     while todo:
-        mod = todo.pop()
-        if mod in seen or mod not in modules:
-            continue
-        seen.add(mod)
-        if mod != GLUE:  # the glue counts by function (above), every other module whole
-            todo += sorted(_imports(ast.parse(modules[mod].read_text())))
-    return sorted(seen)
+        node = todo.pop()
+        if node not in seen:
+            seen.add(node)
+            todo |= _step(node) - seen
+    return sorted({module for module, _ in seen})
 
 
 def stage_code_deps(name: str) -> list[str]:

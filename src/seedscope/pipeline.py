@@ -176,7 +176,7 @@ def run_stage(name: str, params_path: str | os.PathLike[str] | None = None) -> P
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     with atomic_path(executed) as tmp, tempfile.TemporaryDirectory() as staging:
         staged = Path(staging) / source.name
-        with_setup_cell(source, staged)
+        with_setup_cell(source, staged, name)
         try:
             papermill.execute_notebook(
                 str(staged),
@@ -324,14 +324,18 @@ def preflight(name: str, params: dict[str, Any]) -> None:
     """
     check_inputs(name)
     check_outputs(name)
-    if name == "corpus":
-        from seedscope.config import from_section
-        from seedscope.corpus import CorpusConfig
-        from seedscope.corpus import check_inputs as check_corpus_inputs
+    check = STAGE_PREFLIGHTS.get(name)
+    if check is not None:
+        check(params)
 
-        check_corpus_inputs(from_section(CorpusConfig, params.get("corpus"), "corpus"))
-    elif name == "token_losses":
-        preflight_token_losses(params)
+
+def preflight_corpus(params: dict[str, Any]) -> None:
+    """The `corpus` pre-flight: with `source: text`, read and check the text files."""
+    from seedscope.config import from_section
+    from seedscope.corpus import CorpusConfig
+    from seedscope.corpus import check_inputs as check_corpus_inputs
+
+    check_corpus_inputs(from_section(CorpusConfig, params.get("corpus"), "corpus"))
 
 
 def preflight_token_losses(params: dict[str, Any]) -> None:
@@ -422,6 +426,10 @@ def preflight_token_losses(params: dict[str, Any]) -> None:
         check_scheduler(cfg.scheduler, cfg.scheduler_timeout_s)
 
 
+# stage -> its own pre-flight check (seedscope.codedeps counts only this stage's as its dep)
+STAGE_PREFLIGHTS = {"corpus": preflight_corpus, "token_losses": preflight_token_losses}
+
+
 def json_key(value: Any) -> str:
     """A canonical string of a JSON-able value (to compare vocabularies)."""
     import json
@@ -432,18 +440,43 @@ def json_key(value: Any) -> str:
 SETUP_TAG = "seedscope-setup"
 
 
-def with_setup_cell(source: Path, dest: Path) -> None:
-    """Copy notebook `source` to `dest` with a first cell that calls `quiet_kernel` (removed
-    again before rendering)."""
+def with_setup_cell(source: Path, dest: Path, stage: str = "") -> None:
+    """Copy notebook `source` to `dest` with a first cell that calls `quiet_kernel` and a
+    last one that calls `record_modules` (both removed again before rendering)."""
     import nbformat
 
     nb = nbformat.read(source, as_version=4)
-    cell = nbformat.v4.new_code_cell(
+    first = nbformat.v4.new_code_cell(
         "from seedscope.pipeline import quiet_kernel\n\nquiet_kernel()"
     )
-    cell.metadata["tags"] = [SETUP_TAG]
-    nb.cells.insert(0, cell)
+    last = nbformat.v4.new_code_cell(
+        f"from seedscope.pipeline import record_modules\n\nrecord_modules({stage!r})"
+    )
+    for cell in (first, last):
+        cell.metadata["tags"] = [SETUP_TAG]
+    nb.cells = [first, *nb.cells, last]
     nbformat.write(nb, dest)
+
+
+RECORD_MODULES = "SEEDSCOPE_RECORD_MODULES"
+
+
+def record_modules(stage: str) -> None:
+    """Run last in a stage's kernel: with $SEEDSCOPE_RECORD_MODULES naming a folder, write
+    the package modules this kernel loaded to `<folder>/<stage>.json`. The end-to-end test
+    checks them against the stage's declared code deps (`seedscope.codedeps`)."""
+    import json
+
+    folder = os.environ.get(RECORD_MODULES)
+    if not folder:
+        return
+    loaded = sorted(
+        ["__init__"] * ("seedscope" in sys.modules)
+        + [m.split(".")[1] for m in sys.modules if m.startswith("seedscope.")]
+    )
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    with atomic_path(Path(folder) / f"{stage}.json") as tmp:
+        tmp.write_text(json.dumps(loaded) + "\n")
 
 
 def quiet_kernel() -> None:

@@ -710,27 +710,29 @@ def run_sweep(
     rows: list[dict[str, Any]] = []
     todo: list[Unit] = []
     kept: dict[str, dict[str, Any]] = {}  # grid fields of units whose probes alone are redone
+    stale: set[str] = set()  # files of what is recomputed or no longer asked for
     for unit in units:
         entry = manifest["units"].get(unit.key)
         done = (out, entry, params_hash, commits[unit.key])
         if _unit_done(*done, wanted[unit.key], unit.kind, cfg.top_k):
             for name in sorted(set(entry.get("probes", {})) - set(wanted[unit.key])):
-                for rel, _ in entry["probes"].pop(name)["files"].values():
-                    (out / rel).unlink(missing_ok=True)  # a probe no longer asked for
+                stale |= {rel for rel, _ in entry["probes"].pop(name)["files"].values()}
             rows.append(_row(unit, "skipped", 0.0, 0))
             continue
         old = manifest["units"].pop(unit.key, None) or {}
-        grid_ok = unit.logprobs and _unit_done(*done, {}, unit.kind, cfg.top_k)
-        stale = set(_entry_files(old))
-        if grid_ok:  # only probes are stale: measure them, keep the log-prob files
+        stale |= set(_entry_files(old))
+        if unit.logprobs and _unit_done(*done, {}, unit.kind, cfg.top_k):
+            # only probes are stale: measure them, keep the log-prob files, which stay
+            # listed (without probes) so a kill meanwhile loses none of them
             stale -= set(_entry_files(old, probes=False))
             grid_keys = [k for pair in GRID_FILES for k in pair] + ["top_k", "tokens"]
             kept[unit.key] = {k: old[k] for k in grid_keys if k in old}
+            manifest["units"][unit.key] = {**old, "probes": {}}
             unit = replace(unit, keep_grid=True)
-        for rel in sorted(stale):
-            (out / rel).unlink(missing_ok=True)  # recomputed: no stale file stays behind
         todo.append(unit)
-    write_json(out / MANIFEST, manifest)
+    write_json(out / MANIFEST, manifest)  # first: the manifest never lists a deleted file
+    for rel in sorted(stale):
+        (out / rel).unlink(missing_ok=True)
 
     from tqdm.auto import tqdm
 
