@@ -138,6 +138,21 @@ def _unit_files(folder: Path, manifest: dict) -> list[Path]:
     return files
 
 
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """`kill -9` a process started in a session of its own, and everything under it. Jupyter
+    starts the notebook's kernel in a session of its own, so killing dvc's process group
+    alone leaves the kernel alive for up to a second (its parent poller), long enough to
+    finish one more unit: kill the whole tree."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        os.killpg(proc.pid, signal.SIGKILL)
+        for child in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+        psutil.wait_procs(tree, timeout=30)
+    proc.wait()
+
+
 def _kill_mid_sweep(root: Path, fab: dict, folder: Path, at_least: int = 3) -> dict:
     """Start `dvc repro` and `kill -9` its whole process tree once the sweep has finished
     `at_least` units; return the manifest at the kill and the finished files' (inode, mtime)."""
@@ -152,6 +167,7 @@ def _kill_mid_sweep(root: Path, fab: dict, folder: Path, at_least: int = 3) -> d
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    done: dict = {}
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline and proc.poll() is None:
         try:
@@ -161,19 +177,11 @@ def _kill_mid_sweep(root: Path, fab: dict, folder: Path, at_least: int = 3) -> d
         if len(done.get("units", {})) >= at_least:
             break
         time.sleep(0.05)
-    assert proc.poll() is None, (
-        "dvc repro ended before the sweep was 3 units in:\n" + (log.read_text()[-4000:])
+    assert proc.poll() is None and len(done.get("units", {})) >= at_least, (
+        f"dvc repro ended, or took too long, before the sweep was {at_least} units in:\n"
+        + log.read_text()[-4000:]
     )
-    # Jupyter starts the notebook's kernel in a session of its own, so killing dvc's process
-    # group alone leaves the kernel alive for up to a second (its parent poller), long enough to
-    # finish one more unit: kill the whole tree
-    tree = psutil.Process(proc.pid).children(recursive=True)
-    os.killpg(proc.pid, signal.SIGKILL)
-    for child in tree:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            child.kill()
-    psutil.wait_procs(tree, timeout=30)
-    proc.wait()
+    _kill_tree(proc)
     # what the killed sweep had finished: a unit may have landed between the last read and
     # the kill (the manifest is written atomically after each unit)
     done = json.loads((folder / "manifest.json").read_text())
@@ -332,12 +340,12 @@ def pythia_started(tmp_path_factory, english):
             env=_env(root, fab),
             stdout=sink,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     start = time.monotonic()
     yield {"root": root, "fab": fab, "proc": proc, "log": log, "start": start}
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+    if proc.poll() is None:  # only the CRFM tests ran, or this one failed: leave nothing behind
+        _kill_tree(proc)
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from pathlib import Path
@@ -80,6 +81,25 @@ def test_the_closure_runs_shared_modules_by_function(tmp_path):
     ]
     nbformat.write(nb, path)
     assert ("workflow", "loss_pca_stage") in codedeps._notebook(path)
+    # a cell magic's body is read as Python; a cell that is not Python is refused
+    nb.cells = [nbformat.v4.new_code_cell("%%time\nfrom seedscope import workflow\nworkflow.f()")]
+    nbformat.write(nb, path)
+    assert ("workflow", "f") not in codedeps._notebook(path)  # not a glue function
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            "%%time\nfrom seedscope import workflow\nworkflow.loss_pca_stage()"
+        )
+    ]
+    nbformat.write(nb, path)
+    assert ("workflow", "loss_pca_stage") in codedeps._notebook(path)
+    nb.cells = [nbformat.v4.new_code_cell("%%bash\necho $HOME")]
+    nbformat.write(nb, path)
+    with pytest.raises(ValueError, match="not Python"):
+        codedeps._notebook(path)
+    # a glue function that loads a params section's config by name brings its module
+    assert ("stage_params", None) in codedeps._configs(
+        ast.parse("def f():\n    stage_config('loss_pca', {})")
+    )
 
 
 def test_every_package_data_folder_is_declared_with_the_module_that_reads_it():

@@ -11,14 +11,16 @@ closure is static and conservative, over (module, function) nodes:
   same module it names, and the module's top-level imports; `from seedscope.workflow
   import f` reaches `f` alone;
 - a stage starts from the `workflow` functions its notebook calls, the runner's path
-  (`cli._stage` -> `pipeline.run_stage`, the kernel's setup cell, and this stage's own
+  (`cli._stage` -> `pipeline.run_stage`, the kernel's setup cells, and this stage's own
   pre-flight, `pipeline.STAGE_PREFLIGHTS`), and the config classes of the params sections it
-  reads (`pipeline.SECTION_CONFIGS` imports them by name, which no `import` shows);
+  reads (`pipeline.SECTION_CONFIGS` imports them by name, which no `import` shows; a
+  function that names a section, `stage_config("x", ...)`, brings that section's too);
 - the package data folders of the modules reached (`PACKAGE_DATA`) count too.
 
 `tests/test_pipeline.py` checks that `dvc.yaml` lists exactly this closure for every stage,
-and the end-to-end run checks that every `seedscope` module a stage's kernel really loaded
-is inside it: a dep left out would give stale results silently.
+and the end-to-end runs check that every `seedscope` module a stage really loaded (in the
+runner and in the notebook's kernel) is inside it: a dep left out would give stale results
+silently.
 """
 
 from __future__ import annotations
@@ -105,22 +107,51 @@ def _step(node: Node) -> set[Node]:
         return _targets(_top(module), module)
     same = {n.id for n in ast.walk(funcs[func]) if isinstance(n, ast.Name) and n.id in funcs}
     return (
-        _targets(_top(module), module) | _targets(funcs[func], module) | {(module, f) for f in same}
+        _targets(_top(module), module)
+        | _targets(funcs[func], module)
+        | {(module, f) for f in same}
+        | _configs(funcs[func])
     )
+
+
+def _configs(node: ast.AST) -> set[Node]:
+    """The config modules a function loads by section name: `stage_config("x", ...)` /
+    `config_class("x")` with a literal section (imported by name, so no `import` shows)."""
+    from seedscope.pipeline import SECTION_CONFIGS
+
+    found = set()
+    for n in ast.walk(node):
+        if (
+            isinstance(n, ast.Call)
+            and getattr(n.func, "id", getattr(n.func, "attr", None))
+            in ("stage_config", "config_class")
+            and n.args
+            and isinstance(n.args[0], ast.Constant)
+            and n.args[0].value in SECTION_CONFIGS
+        ):
+            found.add((SECTION_CONFIGS[n.args[0].value].split(":")[0].split(".")[1], None))
+    return found
 
 
 def _notebook(path: Path) -> set[Node]:
     """The nodes a notebook's code reaches: its imports and the `workflow` functions it
     calls (`from seedscope import workflow`, then `workflow.f(...)`, is the one way in)."""
     cells = json.loads(path.read_text())["cells"]
-    source = "\n".join(
-        line
-        for cell in cells
-        if cell["cell_type"] == "code" and not "".join(cell["source"]).startswith("%%")
-        for line in "".join(cell["source"]).splitlines()
-        if not line.lstrip().startswith(("%", "!"))
-    )
-    tree = ast.parse(source)
+    lines = []
+    for cell in cells:
+        if cell["cell_type"] != "code":
+            continue
+        code = "".join(cell["source"]).splitlines()
+        if code and code[0].startswith("%%"):  # a cell magic: its body is read as Python
+            code = code[1:]
+        lines += [line for line in code if not line.lstrip().startswith(("%", "!"))]
+    try:
+        tree = ast.parse("\n".join(lines))
+    except SyntaxError as exc:
+        raise ValueError(
+            f"{path.name}: a code cell is not Python ({exc.msg}, line {exc.lineno}); "
+            "seedscope.codedeps reads the notebook's imports and calls from it."
+        ) from None
     for n in ast.walk(tree):
         aliased = isinstance(n, ast.Import | ast.ImportFrom) and any(
             a.asname and a.name.split(".")[-1] in SHARED for a in n.names

@@ -197,6 +197,7 @@ def run_stage(name: str, params_path: str | os.PathLike[str] | None = None) -> P
             raise SeedscopeError(f"Stage {name!r} stopped: {exc.evalue}") from None
         clean_outputs(tmp, name)
         strip_volatile(tmp)
+    record_modules(name)  # the runner's own, beside the kernel's (when asked to record)
     html = executed.with_suffix(".html")
     render_html(executed, html)
     return html
@@ -462,21 +463,22 @@ RECORD_MODULES = "SEEDSCOPE_RECORD_MODULES"
 
 
 def record_modules(stage: str) -> None:
-    """Run last in a stage's kernel: with $SEEDSCOPE_RECORD_MODULES naming a folder, write
-    the package modules this kernel loaded to `<folder>/<stage>.json`. The end-to-end test
-    checks them against the stage's declared code deps (`seedscope.codedeps`)."""
+    """Run last in a stage's kernel, and by the runner after it: with
+    $SEEDSCOPE_RECORD_MODULES naming a folder, add the package modules this process loaded
+    to `<folder>/<stage>.json`. The end-to-end tests check them against the stage's declared
+    code deps (`seedscope.codedeps`)."""
     import json
 
     folder = os.environ.get(RECORD_MODULES)
     if not folder:
         return
-    loaded = sorted(
-        ["__init__"] * ("seedscope" in sys.modules)
-        + [m.split(".")[1] for m in sys.modules if m.startswith("seedscope.")]
-    )
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    with atomic_path(Path(folder) / f"{stage}.json") as tmp:
-        tmp.write_text(json.dumps(loaded) + "\n")
+    path = Path(folder) / f"{stage}.json"
+    loaded = set(json.loads(path.read_text())) if path.is_file() else set()
+    loaded |= {"__init__"} if "seedscope" in sys.modules else set()
+    loaded |= {m.split(".")[1] for m in sys.modules if m.startswith("seedscope.")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(sorted(loaded)) + "\n")
 
 
 def quiet_kernel() -> None:
