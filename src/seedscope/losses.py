@@ -189,7 +189,6 @@ def iter_logprobs(
         raise SeedscopeError(f"batch_size={batch_size} must be >= 1.", "use e.g. 16.")
     dev = resolve_device(device)
     tdtype = _torch_dtype(dtype)
-    vocab, _ = model_limits(model)
     body, head = _heads(model)
     was_training = model.training
     model.eval()
@@ -200,7 +199,7 @@ def iter_logprobs(
         else nullcontext()
     )
     n, window = arr.shape
-    head_rows = head.weight.shape[0] if head is not None else vocab
+    head_rows = _head_rows(model)
     rows_per_chunk = max(1, int(logits_budget_mb * 2**20 // (4 * head_rows)))
     k = min(int(top_k), head_rows)
     top_type = topk_dtype(head_rows)
@@ -261,6 +260,13 @@ def _chunked_logprobs(
             top_ids[s:e] = best.indices
             top_lp[s:e] = best.values - lse[:, None]
     return out, ((top_ids, top_lp) if top_k else None)
+
+
+def _head_rows(model: Any) -> int:
+    """Rows of the LM head's logits (the model's vocabulary where it exposes no head): the
+    token ids a prediction can name."""
+    head = _heads(model)[1]
+    return int(head.weight.shape[0]) if head is not None else model_limits(model)[0]
 
 
 def topk_dtype(vocab: int) -> np.dtype:
@@ -326,8 +332,7 @@ def evaluate_to_file(
     arr = check_windows(model, windows, source)
     if top_k and topk_path is None:
         raise SeedscopeError("top_k > 0 needs a topk_path to write to.", "pass topk_path.")
-    head = _heads(model)[1]
-    vocab = head.weight.shape[0] if head is not None else model_limits(model)[0]
+    vocab = _head_rows(model)
     k = min(int(top_k), vocab)
     with atomic_path(out_path) as tmp, (
         atomic_path(topk_path) if k else nullcontext(None)
