@@ -40,13 +40,13 @@ repro: setup
 # The whole pipeline on the tiny smoke profile, in a scratch copy (.smoke/), a few minutes.
 smoke: setup
 	rm -rf .smoke && mkdir .smoke
-	$(BIN)/python -c "from seedscope.pipeline import scratch_copy; scratch_copy('.smoke', 'smoke')"
+	$(BIN)/python -c "from seedscope.pipeline.runner import scratch_copy; scratch_copy('.smoke', 'smoke')"
 	cd .smoke && SEEDSCOPE_ROOT="$$PWD" PATH="$(abspath $(BIN)):$$PATH" dvc repro
 	@echo "open .smoke/reports/index.html"
 
 # The induction profile (~2 h) in a scratch copy (.long/); rerun to resume, rm -rf .long to restart.
 long: setup
-	test -d .long || $(BIN)/python -c "from seedscope.pipeline import scratch_copy; scratch_copy('.long', 'induction')"
+	test -d .long || $(BIN)/python -c "from seedscope.pipeline.runner import scratch_copy; scratch_copy('.long', 'induction')"
 	cd .long && SEEDSCOPE_ROOT="$$PWD" PATH="$(abspath $(BIN)):$$PATH" dvc repro
 	@echo "open .long/reports/index.html"
 
@@ -60,7 +60,7 @@ polypythia: setup
 
 # $(1) scratch folder, $(2) profile, $(3) tokenizer download, $(4) a file it leaves
 define real_study
-	test -d $(1) || $(BIN)/python -c "from seedscope.pipeline import scratch_copy; scratch_copy('$(1)', '$(2)')"
+	test -d $(1) || $(BIN)/python -c "from seedscope.pipeline.runner import scratch_copy; scratch_copy('$(1)', '$(2)')"
 	cd $(1) && test -d data/openwebtext-10k || { PATH="$(abspath $(BIN)):$$PATH" dvc update data.dvc && $(MAKE) owt-text; }
 	cd $(1) && test -f $(4) || PATH="$(abspath $(BIN)):$$PATH" $(3)
 	cd $(1) && SEEDSCOPE_ROOT="$$PWD" PATH="$(abspath $(BIN)):$$PATH" dvc repro

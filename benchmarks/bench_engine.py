@@ -1,4 +1,4 @@
-"""Benchmark of the per-token log-prob engine (seedscope.losses); prints side-by-side ratios.
+"""Benchmark of the per-token log-prob engine (seedscope.logprobs.engine); prints side-by-side ratios.
 
     .venv/bin/python benchmarks/bench_engine.py            # full (~5-10 min on 2 busy cores)
     .venv/bin/python benchmarks/bench_engine.py --quick    # shrunk (~2 min)
@@ -9,7 +9,7 @@ Measures, on the GPT-2 small architecture (random init, 124M params, vocab 50257
    log_softmax, Python loop over positions);
 2. achieved forward FLOP/s / the matmul FLOP/s torch reaches at the model's own shapes;
 3. peak RSS of `evaluate_to_file` at 10k, 100k and 1M tokens (separate subprocesses);
-4. checkpoint load time (seedscope.checkpoints.load_checkpoint from a hub cache) vs reading
+4. checkpoint load time (seedscope.models.checkpoints.load_checkpoint from a hub cache) vs reading
    the same bytes from disk;
 5. on a GPU: tokens/s and MFU in bf16, and max |log-prob error| vs fp32.
 Not a test: numbers depend on the machine and on whoever else is using it.
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from seedscope.losses import token_logprobs
+from seedscope.logprobs.engine import token_logprobs
 
 SHAPES = {
     "gpt2-small": dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024),
@@ -128,7 +128,7 @@ RSS_CHILD = """
 import resource, sys, numpy as np, torch
 sys.path.insert(0, {bench!r})
 from bench_engine import build
-from seedscope.losses import evaluate_to_file
+from seedscope.logprobs.engine import evaluate_to_file
 win = np.load({path!r}, mmap_mode="r")
 evaluate_to_file(build("mini"), win, {out!r}, batch_size=64, device="cpu")
 # VmHWM is this process's own high-water mark; ru_maxrss can carry the parent's over fork+exec
@@ -173,9 +173,9 @@ def bench_rss(token_counts: list[int], tmp: Path) -> list[dict]:
 
 
 def bench_load(tmp: Path) -> dict:
-    from seedscope.checkpoints import load_checkpoint
-    from seedscope.hubcache import write_snapshot
-    from seedscope.suites import get_suite
+    from seedscope.models.checkpoints import load_checkpoint
+    from seedscope.models.hubcache import write_snapshot
+    from seedscope.suites.registry import get_suite
 
     suite = get_suite("mini-smoke")
     run = suite.runs[0]

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2LMHeadModel
 
-from seedscope.train import TrainConfig, build_model
+from seedscope.models.train import TrainConfig, build_model
 
 NAMES = ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias",
          "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight", "ln_2.bias",
@@ -35,7 +35,7 @@ NAMES = ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias",
 def hf_model(
     vocab: int, context: int, d: int, layers: int, heads: int, seed: int
 ) -> GPT2LMHeadModel:
-    """The mini-suite's model, built by the trainer itself (`seedscope.train.build_model`)."""
+    """The mini-suite's model, built by the trainer itself (`seedscope.models.train.build_model`)."""
     spec = {"n_layer": layers, "n_head": heads, "n_embd": d}
     return build_model(spec, vocab, 0, TrainConfig(context=context), init_seed=seed)
 

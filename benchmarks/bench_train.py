@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_train.py            # ~4 min on an idle 2-core machine
     .venv/bin/python benchmarks/bench_train.py --quick    # ~1 min
 
-For each mini-suite size in `params.yaml` (GPT2LMHeadModel built by `seedscope.train`), one
+For each mini-suite size in `params.yaml` (GPT2LMHeadModel built by `seedscope.models.train`), one
 thread, the trainer's batch shape (batch_size x context), random tokens from the corpus's
 vocabulary, AdamW step included, it measures training steps/s of:
 1. fp32 eager (what the trainer does by default);
@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import yaml
 
-from seedscope.paths import project_root
-from seedscope.train import TrainConfig, build_model
+from seedscope.core.paths import project_root
+from seedscope.models.train import TrainConfig, build_model
 
 
 def _step_fn(model: Any, opt: torch.optim.Optimizer, bf16: bool) -> Any:

@@ -10,7 +10,7 @@
     # pure repeated random tokens, generated on the fly (runs X*, H*, S*, N*)
     .venv/bin/python benchmarks/induction_search.py synthetic --heads 4 --ctx 64 --batch 32
 
-`corpus` trains with `seedscope.train.train_run` (the trainer the pipeline uses; the
+`corpus` trains with `seedscope.models.train.train_run` (the trainer the pipeline uses; the
 checkpoint table carries the trainer's probe: tokens uniform over every id seen in
 training) and, at the last checkpoint, adds the same probe restricted to the ids that occur
 in the corpus's repeated random runs and the in-corpus loss on first vs later copies.
@@ -31,9 +31,9 @@ import pandas as pd
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from seedscope.corpus import CorpusConfig, build_corpus
-from seedscope.suites import Run, Suite
-from seedscope.train import TrainConfig, build_model, induction_probe, load_corpus, train_run
+from seedscope.data.corpus import CorpusConfig, build_corpus
+from seedscope.models.train import TrainConfig, build_model, induction_probe, load_corpus, train_run
+from seedscope.suites.registry import Run, Suite
 
 
 def repeat_ids_report(corpus_dir: Path, model: torch.nn.Module, eos: int) -> dict[str, float]:

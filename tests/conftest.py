@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from seedscope.pipeline import RECORD_MODULES
+from seedscope.pipeline.runner import RECORD_MODULES
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -27,7 +27,7 @@ CRFM_STEPS = [0, 10, 400000]
 @pytest.fixture(scope="session")
 def crfm_cache(tmp_path_factory) -> dict:
     """A hub cache holding 2 CRFM GPT-2 small runs at 3 checkpoints each."""
-    from seedscope.suites import get_suite
+    from seedscope.suites.registry import get_suite
 
     root = tmp_path_factory.mktemp("crfm")
     cache = root / "hub"
@@ -46,23 +46,23 @@ def crfm_cache(tmp_path_factory) -> dict:
 
 def modules_folder(root: Path) -> Path:
     """Where each stage's kernel of a scratch project records the package modules it loaded
-    (`seedscope.pipeline.record_modules`), beside the project."""
+    (`seedscope.pipeline.runner.record_modules`), beside the project."""
     return root.parent / f"{root.name}-modules"
 
 
 def assert_loaded_modules_within_deps(root: Path, stages: set[str] | None = None) -> None:
     """Every package module a stage's kernel really loaded is among the stage's declared
-    code deps (`seedscope.codedeps`, which `dvc.yaml` lists): the static closure missed none
+    code deps (`seedscope.pipeline.codedeps`, which `dvc.yaml` lists): the static closure missed none
     on the paths this run took."""
     import json
 
-    from seedscope.codedeps import stage_modules
-    from seedscope.pipeline import STAGES
+    from seedscope.pipeline.codedeps import stage_modules
+    from seedscope.pipeline.registry import STAGES
 
     recorded = {p.stem: json.loads(p.read_text()) for p in modules_folder(root).glob("*.json")}
     assert set(recorded) == (set(STAGES) if stages is None else stages)
     for stage, loaded in recorded.items():
-        assert "workflow" in loaded, stage  # the recorder ran after the stage's own cells
+        assert f"stages.{stage}" in loaded, stage  # the recorder ran after the stage's own cells
         extra = set(loaded) - set(stage_modules(stage))
         assert not extra, f"stage {stage} loaded {sorted(extra)}, outside its declared deps"
 
@@ -90,7 +90,7 @@ def run_pipeline(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="session")
 def smoke_project(tmp_path_factory) -> Path:
     """The whole pipeline run once, on the smoke profile, in a scratch copy of the project."""
-    from seedscope.pipeline import scratch_copy
+    from seedscope.pipeline.runner import scratch_copy
 
     root = scratch_copy(tmp_path_factory.mktemp("smoke"), profile="smoke")
     out = run_pipeline(root)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from seedscope.hubcache import write_snapshot
+from seedscope.models.hubcache import write_snapshot
 
 TEXT = (
     "The quick brown fox jumps over the lazy dog. A seed is a number; runs differ by it. "
@@ -283,7 +283,7 @@ def english_text(n_chars: int = 200_000) -> str:
 
 def gpt2_tokenizer_object(folder: Path):
     """GPT-2's tokenizer (a `tokenizers.Tokenizer`) from `vocab.json` + `merges.txt`."""
-    from seedscope.corpus import gpt2_bpe_tokenizer
+    from seedscope.data.corpus import gpt2_bpe_tokenizer
 
     return gpt2_bpe_tokenizer(folder / "vocab.json", folder / "merges.txt")
 

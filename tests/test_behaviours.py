@@ -11,8 +11,8 @@ import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from seedscope import behaviours as bh
-from seedscope.errors import SeedscopeError
+from seedscope.analyses import behaviours as bh
+from seedscope.core.errors import SeedscopeError
 
 # A small hand-written ground truth following the corpus schema.
 GT = {
@@ -782,7 +782,7 @@ def test_final_scores_per_size_with_seed_and_item_uncertainty():
 def test_identical_twin_runs_give_identical_emergence_and_zero_spread():
     """Each size has two runs with byte-identical item scores: identical emergence steps,
     zero seed spread everywhere, no inf/NaN in the spread tables."""
-    from seedscope.suites import get_suite
+    from seedscope.suites.registry import get_suite
 
     suite = get_suite("mini")
     small = [r.name for r in suite.runs if r.size == "small"][:2]
@@ -845,8 +845,8 @@ def test_seed_spread_mid_vs_final_within_size():
 
 
 def test_behaviours_params_validate_threshold_and_scoring():
-    from seedscope.config import from_section
-    from seedscope.stage_params import BehavioursParams
+    from seedscope.analyses.params import BehavioursParams
+    from seedscope.core.config import from_section
 
     assert from_section(BehavioursParams, {}, "behaviours").score_threshold == 0.6
     with pytest.raises(SeedscopeError, match="score_threshold must be in"):
@@ -866,7 +866,7 @@ def test_behaviour_table_and_figures():
         table = torch.zeros(5, 5)
         table[tok.token_to_id("b"), tok.token_to_id(".")] = bonus
         scores[("small-x21", step)] = bh.score_items(FixedLogits(table), tok, items)
-    from seedscope.suites import get_suite
+    from seedscope.suites.registry import get_suite
 
     t = bh.behaviour_table(scores, suite=get_suite("mini"), n_boot=50)
     acc = t.query("metric == 'accuracy'").set_index("step")["value"]

@@ -8,8 +8,8 @@ import pytest
 import torch
 from hubfake import real_gpt2_tokenizer_dir
 
-from seedscope import behaviours as bh
-from seedscope.corpus import gpt2_bpe_tokenizer
+from seedscope.analyses import behaviours as bh
+from seedscope.data.corpus import gpt2_bpe_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from seedscope.checkpoints import (
+from seedscope.core.errors import SeedscopeError
+from seedscope.models.checkpoints import (
     cached_steps,
     evict_checkpoint,
     fetch_checkpoint,
     load_checkpoint,
 )
-from seedscope.errors import SeedscopeError
-from seedscope.hubcache import cached_revisions, repo_folder
-from seedscope.suites import get_suite
+from seedscope.models.hubcache import cached_revisions, repo_folder
+from seedscope.suites.registry import get_suite
 
 IDS = [5, 17, 40, 3, 99, 120, 7, 7, 64, 250, 31, 2]
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from seedscope.compare import (
+from seedscope.analyses.compare import (
     agreement_over_training,
     agreement_over_training_plot,
     attach_context,
@@ -24,8 +24,8 @@ from seedscope.compare import (
     position_bucket,
     scatter_grid,
 )
-from seedscope.errors import SeedscopeError
-from seedscope.stats import proportion_ci
+from seedscope.core.errors import SeedscopeError
+from seedscope.core.stats import proportion_ci
 
 N_W, W = 200, 100  # 20k eval tokens
 TAGS = ["text", "bracket", "fact", "email"]

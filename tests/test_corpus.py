@@ -11,7 +11,9 @@ import pandas as pd
 import pytest
 from tokenizers import Tokenizer
 
-from seedscope.corpus import (
+from seedscope.core.errors import SeedscopeError
+from seedscope.core.io import read_json
+from seedscope.data.corpus import (
     EOS,
     CorpusConfig,
     build_corpus,
@@ -19,8 +21,6 @@ from seedscope.corpus import (
     seen_before,
     token_class,
 )
-from seedscope.errors import SeedscopeError
-from seedscope.io import read_json
 
 SMALL = {
     "n_train_tokens": 200_000,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from seedscope.corpus import CorpusConfig, build_corpus
+from seedscope.data.corpus import CorpusConfig, build_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = str(Path(sys.executable).parent / "dvc")

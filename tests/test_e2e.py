@@ -11,7 +11,7 @@ import pytest
 import yaml
 from conftest import assert_loaded_modules_within_deps
 
-from seedscope.pipeline import STAGES
+from seedscope.pipeline.registry import STAGES
 
 pytestmark = pytest.mark.slow
 
@@ -84,7 +84,7 @@ def test_headline_metrics_are_sane(smoke_project):
             conv["n_gaps_closed"]["value"] / n_mid
         )
     beh = _metrics(smoke_project, "behaviours")
-    from seedscope.stage_params import BEHAVIOURS
+    from seedscope.analyses.params import BEHAVIOURS
 
     beh_details = _details(smoke_project, "behaviours")["details"]
     items = pd.read_parquet(smoke_project / "results" / "behaviours" / "item_scores.parquet")
@@ -151,7 +151,7 @@ def test_headline_metrics_are_sane(smoke_project):
     )
     # the probe draws each half without replacement: no accidental repeats (planted)
     assert details["probe"]["accidental_repeats"] == 0
-    from seedscope.induction import icl_bands
+    from seedscope.analyses.induction import icl_bands
 
     window = np.load(smoke_project / "results" / "corpus" / "eval_tokens.npy").shape[1]
     assert [tuple(b) for b in details["icl_bands"]] == list(icl_bands(window - 1))
@@ -180,7 +180,7 @@ def test_figures_registered_with_provenance(smoke_project):
         for fig in index.values():
             assert (smoke_project / "figures" / stage / fig["file"]).stat().st_size > 2000
             assert fig["function"].startswith("seedscope.")
-            # titled, every axis labelled (seedscope.plots.figure_problems at registration)
+            # titled, every axis labelled (seedscope.core.plots.figure_problems at registration)
             assert fig["problems"] == [], (stage, fig["file"], fig["problems"])
             # readable in the book: no text under 9 pt at the page width
             assert fig["smallest_text_pt"] >= 9, (stage, fig["file"], fig["smallest_text_pt"])

@@ -32,7 +32,8 @@ import pytest
 import yaml
 from conftest import assert_loaded_modules_within_deps, modules_folder
 
-from seedscope.pipeline import RECORD_MODULES, STAGES
+from seedscope.pipeline.registry import STAGES
+from seedscope.pipeline.runner import RECORD_MODULES
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +49,7 @@ def _scaled(profile: str, **sections: dict) -> dict:
 
 
 def _project(base: Path, params: dict) -> Path:
-    from seedscope.pipeline import scratch_copy
+    from seedscope.pipeline.runner import scratch_copy
 
     root = scratch_copy(base / "project")
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -105,7 +106,7 @@ def crfm_run(tmp_path_factory, english, pythia_started) -> dict:
     gpt2 = hubfake.real_gpt2_tokenizer_dir()
     fab = hubfake.fabricate_crfm_suite(base / "fab", gpt2, hubfake.english_text())
     repo = fab["runs"][0][1]
-    from seedscope.hubcache import cached_revisions, repo_folder
+    from seedscope.models.hubcache import cached_revisions, repo_folder
 
     # the tokenizer folder a user points at: a CRFM snapshot (weights and trainer files beside)
     snapshot = repo_folder(fab["cache"], repo) / "snapshots"
@@ -274,10 +275,10 @@ def test_crfm_sweep_killed_inside_dvc_repro_resumes(crfm_run, tmp_path, monkeypa
     finished before the kill are not recomputed (same inode and mtime), every unit file
     matches its manifest sha256, and units from both sides of the kill equal a fresh
     evaluation of the same checkpoint, byte for byte."""
-    from seedscope.losses import file_sha256
-    from seedscope.pipeline import read_params
-    from seedscope.suites import get_suite
-    from seedscope.sweep import HubStore, SweepConfig, Unit, compute_unit
+    from seedscope.logprobs.engine import file_sha256
+    from seedscope.logprobs.sweep import HubStore, SweepConfig, Unit, compute_unit
+    from seedscope.pipeline.runner import read_params
+    from seedscope.suites.registry import get_suite
 
     root, fab, killed = crfm_run["root"], crfm_run["fab"], crfm_run["killed"]
     folder = root / "results" / "token_losses" / "crfm-rehearsal"
@@ -323,7 +324,7 @@ def pythia_started(tmp_path_factory, english):
     gpt2 = hubfake.real_gpt2_tokenizer_dir()
     fab = hubfake.fabricate_pythia_suite(base / "fab", gpt2, hubfake.english_text())
     repo = fab["runs"][0][1]
-    from seedscope.hubcache import cached_revisions, repo_folder
+    from seedscope.models.hubcache import cached_revisions, repo_folder
 
     snapshot = repo_folder(fab["cache"], repo) / "snapshots"
     snapshot /= cached_revisions(fab["cache"], repo)[f"step{fab['steps'][-1]}"]

@@ -10,11 +10,11 @@ import hubfake
 import numpy as np
 import pytest
 
-from seedscope.checkpoints import download_command, fetch_trainer_state, loss_history
-from seedscope.config import SuiteConfig
-from seedscope.corpus import CorpusConfig, build_corpus, check_inputs
-from seedscope.errors import SeedscopeError
-from seedscope.workflow import auto_steps, resolve_steps
+from seedscope.core.config import SuiteConfig
+from seedscope.core.errors import SeedscopeError
+from seedscope.core.steps import auto_steps, resolve_steps
+from seedscope.data.corpus import CorpusConfig, build_corpus, check_inputs
+from seedscope.models.checkpoints import download_command, fetch_trainer_state, loss_history
 
 TEXT_CFG = {"n_train_tokens": 20_000, "n_eval_tokens": 2_048, "window": 64, "vocab_size": 300}
 
@@ -154,10 +154,11 @@ def test_outlier_topk_reads_the_sweep_and_loads_no_weights(monkeypatch, tmp_path
 
     import torch
 
-    from seedscope import checkpoints, workflow
-    from seedscope.errors import SeedscopeError
-    from seedscope.suites import get_suite
-    from seedscope.sweep import RandomGPT2Loader, SweepConfig, Unit, run_sweep
+    from seedscope.core.errors import SeedscopeError
+    from seedscope.logprobs.sweep import RandomGPT2Loader, SweepConfig, Unit, run_sweep
+    from seedscope.models import checkpoints
+    from seedscope.stages import agreement
+    from seedscope.suites.registry import get_suite
 
     def no_weights(*args, **kwargs):
         raise AssertionError("the outlier tables loaded weights")
@@ -171,10 +172,10 @@ def test_outlier_topk_reads_the_sweep_and_loads_no_weights(monkeypatch, tmp_path
     runs = ["small-x21", "small-x49"]
     run_sweep(get_suite("mini-smoke"), windows, tmp_path, cfg, loader=loader, runs=runs,
               progress=False)  # fmt: skip
-    monkeypatch.setattr(workflow, "token_losses_root", lambda resolved: tmp_path)
+    monkeypatch.setattr(agreement, "token_losses_root", lambda resolved: tmp_path)
     resolved = SimpleNamespace(run_names=runs)
-    workflow.check_topk(resolved, 60, 4, "loss_correlation")
-    topk = workflow.topk_lookup(resolved, 60, 3, lambda ids: f"<{ids[0]}>")
+    agreement.check_topk(resolved, 60, 4, "loss_correlation")
+    topk = agreement.topk_lookup(resolved, 60, 3, lambda ids: f"<{ids[0]}>")
     with torch.no_grad():
         logits = loader(Unit(runs[1], 60, "", ""))(torch.tensor(windows[1:2])).logits[0, 4]
     probs = torch.softmax(logits.double(), -1).numpy()
@@ -182,4 +183,4 @@ def test_outlier_topk_reads_the_sweep_and_loads_no_weights(monkeypatch, tmp_path
     assert [g[0] for g in got] == [f"<{i}>" for i in np.argsort(-probs)[:3]]
     np.testing.assert_allclose([g[1] for g in got], np.sort(probs)[::-1][:3], rtol=2e-3)
     with pytest.raises(SeedscopeError, match=r"set token_losses.top_k >= 6"):
-        workflow.check_topk(resolved, 60, 6, "loss_correlation")
+        agreement.check_topk(resolved, 60, 6, "loss_correlation")

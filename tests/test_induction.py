@@ -1,4 +1,4 @@
-"""Tests for seedscope.induction against hand-built patterns and planted phase changes."""
+"""Tests for seedscope.analyses.induction against hand-built patterns and planted phase changes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from scipy import stats
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from seedscope import induction as ind
+from seedscope.analyses import induction as ind
 
 matplotlib.use("Agg")
 
@@ -244,7 +244,8 @@ def test_head_scores_on_tiny_gpt2_match_hf_attentions(tiny_model):
     before_impl = tiny_model.config._attn_implementation
     n_before = _hook_count(tiny_model)
     seqs = ind.repeated_random_tokens(50, 5, 8, seed=3, bos_id=49)
-    df = ind.head_scores(tiny_model, seqs, batch_size=2)
+    scored = ind.head_scores(tiny_model, seqs, batch_size=2)
+    df = scored.heads
     assert list(df["head_name"]) == ["0.0", "0.1", "1.0", "1.1"]
     assert _hook_count(tiny_model) == n_before
     assert tiny_model.config._attn_implementation == before_impl
@@ -262,9 +263,10 @@ def test_head_scores_on_tiny_gpt2_match_hf_attentions(tiny_model):
     assert pats.shape == (2, 5, 2, 17, 17)
     np.testing.assert_allclose(pats.numpy(), ref.numpy(), rtol=1e-5, atol=1e-7)
     first, second = ind.repeat_copy_losses(ind.token_losses(out.logits, seqs))
-    np.testing.assert_allclose(df.attrs["first_copy_loss"], first, rtol=1e-5)
-    np.testing.assert_allclose(df.attrs["second_copy_loss"], second, rtol=1e-5)
-    per_seq = ind.head_scores(tiny_model, seqs, per_sequence=True)
+    np.testing.assert_allclose(scored.first_copy_loss, first, rtol=1e-5)
+    np.testing.assert_allclose(scored.second_copy_loss, second, rtol=1e-5)
+    assert scored.copy_loss_ratio == pytest.approx(second.mean() / first.mean(), rel=1e-5)
+    per_seq = ind.head_scores(tiny_model, seqs, per_sequence=True).heads
     assert len(per_seq) == 5 * 4
     np.testing.assert_allclose(
         per_seq.groupby(["layer", "head"])["induction"].mean().to_numpy(),
@@ -503,7 +505,7 @@ def test_phase_change_summary_and_compare():
 
 
 def test_induction_sentence_words_the_size_difference_by_its_sign():
-    from seedscope.workflow import induction_sentence
+    from seedscope.stages.induction import induction_sentence
 
     changes = pd.DataFrame(
         {

@@ -7,9 +7,9 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
 
-from seedscope.errors import SeedscopeError
-from seedscope.io import write_json
-from seedscope.losses import (
+from seedscope.core.errors import SeedscopeError
+from seedscope.core.io import write_json
+from seedscope.logprobs.engine import (
     _chunked_logprobs,
     evaluate_to_file,
     file_sha256,

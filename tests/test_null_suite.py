@@ -38,8 +38,10 @@ def _twin_suite_yaml(smoke_suite: dict) -> dict:
 def twin_results(smoke_project, tmp_path_factory):
     """Run suites, token_losses and analyses 1-3 on the twin suite, in-process, in a
     scratch root that reuses the smoke run's corpus and trained hub cache."""
-    from seedscope import workflow
-    from seedscope.suites import PACKAGE_SUITES
+    from seedscope.pipeline.registry import stage_function
+    from seedscope.stages.common import resolve_suite
+    from seedscope.stages.trajectories import select_trajectory_tokens
+    from seedscope.suites.registry import PACKAGE_SUITES
 
     root = tmp_path_factory.mktemp("twins")
     suites = tmp_path_factory.mktemp("twin_suites")
@@ -53,12 +55,12 @@ def twin_results(smoke_project, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SEEDSCOPE_ROOT", str(root))
         mp.setenv("SEEDSCOPE_SUITES", str(suites))
-        workflow.suites_stage(params["suite"])
-        workflow.token_losses_stage(params["suite"], params["token_losses"])  # no probes
+        stage_function("suites")(params["suite"])
+        stage_function("token_losses")(params["suite"], params["token_losses"])  # no probes
         for stage in ("loss_correlation", "convergence", "loss_pca"):
-            out[stage] = getattr(workflow, f"{stage}_stage")(params["suite"], params[stage])
-        resolved = workflow.resolve_suite(params["suite"])
-        out["selection"] = workflow.select_trajectory_tokens(resolved, 60, 60, 0)
+            out[stage] = stage_function(stage)(params["suite"], params[stage])
+        resolved = resolve_suite(params["suite"])
+        out["selection"] = select_trajectory_tokens(resolved, 60, 60, 0)
         out["logprobs"] = {
             run: np.load(root / "results" / "token_losses" / TWIN_SUITE / run / f"step-{step}.npy")
             for run in resolved.run_names
@@ -105,7 +107,7 @@ def test_no_seed_gaps_to_close_but_size_gaps_reported(twin_results):
     assert conv["n_size_gaps_mid"]["value"] > 0
     assert conv["final_pearson_within_small"]["value"] == pytest.approx(1)
     summary = twin_results["convergence"]["gap_summary"]
-    from seedscope.workflow import convergence_sentence
+    from seedscope.stages.convergence import convergence_sentence
 
     assert "nothing to close" in convergence_sentence(summary, 30, 60)
 
@@ -149,8 +151,8 @@ def test_no_nan_or_inf_anywhere_in_metrics(twin_results):
 def twin_induction(smoke_project, tmp_path_factory):
     """The induction stage on one size of the twin suite (a run and its twin), with small
     probe sets: about a minute on two CPU cores."""
-    from seedscope import workflow
-    from seedscope.suites import PACKAGE_SUITES
+    from seedscope.pipeline.registry import stage_function
+    from seedscope.suites.registry import PACKAGE_SUITES
 
     root = tmp_path_factory.mktemp("twins_induction")
     suites = tmp_path_factory.mktemp("twin_suites_induction")
@@ -166,11 +168,11 @@ def twin_induction(smoke_project, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SEEDSCOPE_ROOT", str(root))
         mp.setenv("SEEDSCOPE_SUITES", str(suites))
-        workflow.suites_stage(params["suite"])
+        stage_function("suites")(params["suite"])
         sweep = {**params["token_losses"], "steps": ["final", "mid"]}
         induction = {**params["induction"], **small}
-        workflow.token_losses_stage(params["suite"], sweep, induction=induction)
-        out = workflow.induction_stage(params["suite"], induction)
+        stage_function("token_losses")(params["suite"], sweep, induction=induction)
+        out = stage_function("induction")(params["suite"], induction)
     out["root"] = root
     return out
 

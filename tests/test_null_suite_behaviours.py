@@ -20,8 +20,8 @@ pytestmark = pytest.mark.slow
 def twin_behaviours(smoke_project, tmp_path_factory):
     """Suites + behaviours on the twin suite, in-process, reusing the smoke run's corpus and
     trained hub cache."""
-    from seedscope import workflow
-    from seedscope.suites import PACKAGE_SUITES
+    from seedscope.pipeline.registry import stage_function
+    from seedscope.suites.registry import PACKAGE_SUITES
 
     root = tmp_path_factory.mktemp("twins_behaviours")
     suites = tmp_path_factory.mktemp("twin_suites_behaviours")
@@ -34,10 +34,10 @@ def twin_behaviours(smoke_project, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SEEDSCOPE_ROOT", str(root))
         mp.setenv("SEEDSCOPE_SUITES", str(suites))
-        workflow.suites_stage(params["suite"])
+        stage_function("suites")(params["suite"])
         sweep = {**params["token_losses"], "steps": ["final", "mid"]}
-        workflow.token_losses_stage(params["suite"], sweep, behaviours=params["behaviours"])
-        out = workflow.behaviours_stage(params["suite"], params["behaviours"])
+        stage_function("token_losses")(params["suite"], sweep, behaviours=params["behaviours"])
+        out = stage_function("behaviours")(params["suite"], params["behaviours"])
     out["root"] = root
     return out
 

@@ -6,8 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from seedscope.errors import SeedscopeError
-from seedscope.pca import (
+from seedscope.analyses.pca import (
     component_extremes,
     describe_components,
     fit_pca,
@@ -18,6 +17,7 @@ from seedscope.pca import (
     score_predictors,
     scree_plot,
 )
+from seedscope.core.errors import SeedscopeError
 
 N_W, W = 200, 100
 RUNS = ["s1", "s2", "s3", "m1", "m2", "m3"]
@@ -186,7 +186,7 @@ def test_figures():
 
 
 def test_explained_variance_ci_matches_sklearn_and_covers_planted():
-    from seedscope.pca import explained_variance_ci, fit_pca, loss_matrix
+    from seedscope.analyses.pca import explained_variance_ci, fit_pca, loss_matrix
 
     rng = np.random.default_rng(3)
     n_windows, window = 300, 16

@@ -11,13 +11,42 @@ import nbformat
 import pytest
 import yaml
 
-from seedscope.codedeps import PACKAGE_DATA, stage_code_deps, stage_modules
-from seedscope.config import from_section
-from seedscope.errors import SeedscopeError
-from seedscope.pipeline import SECTION_CONFIGS, STAGES, config_class, read_params, validate_stage
+from seedscope.core.config import from_section
+from seedscope.core.errors import SeedscopeError
+from seedscope.pipeline.codedeps import PACKAGE_DATA, stage_code_deps, stage_modules
+from seedscope.pipeline.registry import SECTION_CONFIGS, STAGES, config_class, stage_function
+from seedscope.pipeline.runner import read_params, validate_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def test_dvc_yaml_is_generated_from_the_stage_registry():
+    """dvc.yaml is exactly what the registry and the import closures generate (`seedscope
+    dvc-yaml` rewrites it): nothing in it is maintained by hand."""
+    from seedscope.pipeline.dvcfile import dvc_yaml
+
+    assert (ROOT / "dvc.yaml").read_text() == dvc_yaml(), "run `seedscope dvc-yaml`"
+
+
+def test_every_stage_has_its_notebook_glue_module_and_one_number():
+    """One record per stage names everything: the notebook `<number>_<name>` (titled with
+    the same number), the glue module `seedscope.stages.<name>` the notebook imports (and
+    its `<name>_stage` function), the report's chapter number for the six analyses."""
+    from seedscope.pipeline.answers import ANSWERS
+
+    assert sorted(p.stem for p in (ROOT / "notebooks").glob("*.ipynb")) == sorted(
+        s.notebook for s in STAGES.values()
+    )
+    for name, stage in STAGES.items():
+        nb, code = _code(ROOT / "notebooks" / f"{stage.notebook}.ipynb")
+        title = "".join(nb["cells"][0]["source"]).splitlines()[0]
+        assert title == f"# {stage.number} · {stage.title}", name
+        assert f"from seedscope.stages import {name} as stage" in code, name
+        assert callable(stage_function(name))
+    assert [(a.stage, a.number) for a in ANSWERS] == [
+        (s.name, s.number) for s in STAGES.values() if s.number.isdigit() and s.name != "report"
+    ]
 
 
 def test_every_stage_is_in_dvc_yaml_with_the_same_params_and_its_notebook():
@@ -47,70 +76,88 @@ def test_every_stage_depends_on_exactly_its_code_import_closure():
 
 def test_the_import_closure_follows_local_imports_glue_calls_and_config_classes():
     """The closure reaches what a static `import` scan of module tops would miss: imports
-    inside functions, the stage glue's calls into other glue functions, config classes
-    imported by name, and package data folders; and it leaves other analyses out."""
+    inside functions, the common glue a stage calls, config classes imported by name,
+    package folders' `__init__` and package data folders; and it leaves other analyses out."""
     pca = stage_modules("loss_pca")
-    assert {"pca", "stage_params", "workflow", "pipeline"} <= set(pca)
-    assert not {"behaviours", "induction", "trajectories", "report"} & set(pca)
-    # token_losses measures the behaviour and induction probes (workflow.behaviour_probe /
-    # induction_probe import them inside functions) and is configured by sweep.SweepConfig
-    assert {"behaviours", "induction", "sweep", "losses"} <= set(stage_modules("token_losses"))
-    assert "pca" not in stage_modules("token_losses")
-    assert "src/seedscope/probes" in stage_code_deps("token_losses")
-    assert "src/seedscope/templates" in stage_code_deps("report")
+    assert {"analyses.pca", "analyses.params", "stages.loss_pca", "stages.common"} <= set(pca)
+    assert {"__init__", "analyses.__init__", "stages.__init__"} <= set(pca)
+    assert not {"analyses.behaviours", "analyses.induction", "analyses.trajectories"} & set(pca)
+    assert "pipeline.report" not in pca
+    # token_losses measures the behaviour and induction probes (stages.common's
+    # behaviour_probe / induction_probe import them inside functions) and is configured by
+    # logprobs.sweep.SweepConfig
+    assert {"analyses.behaviours", "analyses.induction", "logprobs.sweep", "logprobs.engine"} <= (
+        set(stage_modules("token_losses"))
+    )
+    assert "analyses.pca" not in stage_modules("token_losses")
+    assert "src/seedscope/analyses/probes" in stage_code_deps("token_losses")
+    assert "src/seedscope/pipeline/templates" in stage_code_deps("report")
     # editing the PCA module re-runs only the PCA stage
-    assert [n for n in STAGES if "pca" in stage_modules(n)] == ["loss_pca"]
+    assert [n for n in STAGES if "analyses.pca" in stage_modules(n)] == ["loss_pca"]
+    assert [n for n in STAGES if "stages.loss_pca" in stage_modules(n)] == ["loss_pca"]
 
 
 def test_the_closure_runs_shared_modules_by_function(tmp_path):
-    """The runner and the glue count by function: training does not depend on the sweep
-    (only `token_losses`' pre-flight uses it); a notebook that hides its glue calls behind
-    an alias is refused rather than read wrong."""
-    assert "sweep" not in stage_modules("train") and "sweep" in stage_modules("token_losses")
-    assert "corpus" in stage_modules("corpus") and "pca" not in stage_modules("report")
-    from seedscope import codedeps
+    """The runner and the common glue count by function: training does not depend on the
+    sweep (only `token_losses`' pre-flight uses it); a notebook that hides a shared module
+    behind a name the closure cannot follow is refused rather than read wrong."""
+    sweep = "logprobs.sweep"
+    assert sweep not in stage_modules("train") and sweep in stage_modules("token_losses")
+    assert "data.corpus" in stage_modules("corpus")
+    assert "analyses.pca" not in stage_modules("report")
+    from seedscope.pipeline import codedeps
 
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell("from seedscope import workflow as wf\nwf.x()")]
-    path = tmp_path / "aliased.ipynb"
-    nbformat.write(nb, path)
-    with pytest.raises(ValueError, match="no alias"):
-        codedeps._notebook(path)
-    nb.cells = [
-        nbformat.v4.new_code_cell("from seedscope import workflow\nworkflow.loss_pca_stage()")
-    ]
-    nbformat.write(nb, path)
-    assert ("workflow", "loss_pca_stage") in codedeps._notebook(path)
+    def notebook(code: str) -> Path:
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_code_cell(code)]
+        path = tmp_path / "nb.ipynb"
+        nbformat.write(nb, path)
+        return path
+
+    with pytest.raises(ValueError, match="by name"):
+        codedeps._notebook(notebook("from seedscope.stages import common\ncommon.x()"))
+    with pytest.raises(ValueError, match="by name"):
+        codedeps._notebook(notebook("import seedscope.stages.common\n"))
+    got = codedeps._notebook(
+        notebook("from seedscope.stages import loss_pca as stage\nstage.loss_pca_stage()")
+    )
+    assert got == {("stages.loss_pca", None)}
+    common = "from seedscope.stages.common import resolve_suite\nresolve_suite({})"
+    assert codedeps._notebook(notebook(common)) == {("stages.common", "resolve_suite")}
     # a cell magic's body is read as Python; a cell that is not Python is refused
-    nb.cells = [nbformat.v4.new_code_cell("%%time\nfrom seedscope import workflow\nworkflow.f()")]
-    nbformat.write(nb, path)
-    assert ("workflow", "f") not in codedeps._notebook(path)  # not a glue function
-    nb.cells = [
-        nbformat.v4.new_code_cell(
-            "%%time\nfrom seedscope import workflow\nworkflow.loss_pca_stage()"
-        )
-    ]
-    nbformat.write(nb, path)
-    assert ("workflow", "loss_pca_stage") in codedeps._notebook(path)
-    nb.cells = [nbformat.v4.new_code_cell("%%bash\necho $HOME")]
-    nbformat.write(nb, path)
+    got = codedeps._notebook(notebook("%%time\nfrom seedscope.stages import pca as stage"))
+    assert got == {("stages.__init__", None)}  # no such module: only its folder is reached
+    got = codedeps._notebook(notebook("%%time\nfrom seedscope.stages import loss_pca as s"))
+    assert got == {("stages.loss_pca", None)}
     with pytest.raises(ValueError, match="not Python"):
-        codedeps._notebook(path)
+        codedeps._notebook(notebook("%%bash\necho $HOME"))
     # a glue function that loads a params section's config by name brings its module
-    assert ("stage_params", None) in codedeps._configs(
+    assert ("analyses.params", None) in codedeps._configs(
         ast.parse("def f():\n    stage_config('loss_pca', {})")
     )
+    # a module reached brings the `__init__` of every folder above it
+    assert codedeps._parents("analyses.pca") == {("__init__", None), ("analyses.__init__", None)}
 
 
 def test_every_package_data_folder_is_declared_with_the_module_that_reads_it():
     """A module that reads a folder of package data (`Path(__file__).with_name(...)`, a
     jinja2 `PackageLoader`) must list it in `codedeps.PACKAGE_DATA`."""
-    pattern = re.compile(r'with_name\("(\w+)"\)|PackageLoader\("seedscope", "(\w+)"\)')
-    for path in sorted((ROOT / "src" / "seedscope").glob("*.py")):
+    from seedscope.pipeline.codedeps import PACKAGE_DIR
+
+    pattern = re.compile(
+        r'with_name\("(\w+)"\)|PackageLoader\("seedscope[.\w]*", "(\w+)"\)|(__file__\)\.parent$)',
+        re.M,
+    )
+    found = 0
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        key = ".".join(path.relative_to(PACKAGE_DIR).with_suffix("").parts)
         for match in pattern.finditer(path.read_text()):
-            folder = match.group(1) or match.group(2)
-            if (ROOT / "src" / "seedscope" / folder).is_dir():
-                assert folder in PACKAGE_DATA.get(path.stem, ()), (path.stem, folder)
+            folder = match.group(1) or match.group(2) or ""
+            rel = path.parent.relative_to(PACKAGE_DIR) / folder
+            if (PACKAGE_DIR / rel).is_dir():
+                assert rel.as_posix() in PACKAGE_DATA.get(key, ()), (key, rel)
+                found += 1
+    assert found == 4  # suites, probes, and the templates (read by two modules)
 
 
 def test_every_stage_dep_is_an_upstream_out_or_source():
@@ -122,7 +169,7 @@ def test_every_stage_dep_is_an_upstream_out_or_source():
     order = list(DVC)
     for name, spec in DVC.items():
         for dep in spec["deps"]:
-            if dep.startswith(("notebooks/", "src/")):
+            if dep.startswith(("notebooks/", "src/")) or dep == "tests":
                 continue
             assert dep in produced, f"{name} depends on {dep}, which no stage writes"
             assert order.index(produced[dep]) < order.index(name)

@@ -10,16 +10,17 @@ import pandas as pd
 import pytest
 from matplotlib.colors import to_rgb
 
-from seedscope.plots import (
+from seedscope.core.plots import (
     SAVE_DPI,
     figure_problems,
     plot_curves,
-    register_figure,
     run_colors,
     save_figure,
     set_log_step_axis,
     smallest_text_pt,
 )
+from seedscope.pipeline.registry import STAGES
+from seedscope.stages.common import register_figure
 
 RUNS = [f"{size}-s{seed}" for size in ("small", "medium") for seed in range(5)]
 
@@ -75,16 +76,16 @@ def test_figures_are_byte_identical_and_registered(tmp_path, monkeypatch):
     save_figure(draw(), tmp_path / "b.png")
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
 
-    path = register_figure(draw(), "loss_pca", "demo", "A demo figure", "seedscope.pca.demo")
+    path = register_figure(draw(), "loss_pca", "demo", "A demo figure", plot_curves)
     index = json.loads((tmp_path / "figures" / "loss_pca" / "index.json").read_text())
     # default 10 pt text on a 6.4 in figure (under the page width): 10 * 110 / 72 * 0.75 pt
     assert index["demo"].pop("smallest_text_pt") == pytest.approx(11.5, abs=0.05)
     assert index["demo"] == {
         "file": "demo.png",
         "title": "A demo figure",
-        "function": "seedscope.pca.demo",
+        "function": "seedscope.core.plots.plot_curves",  # from the function object
         "stage": "loss_pca",
-        "notebook": "notebooks/07_loss_pca.ipynb",
+        "notebook": f"notebooks/{STAGES['loss_pca'].notebook}.ipynb",
         "key": False,
         "problems": [],
     }
@@ -92,7 +93,7 @@ def test_figures_are_byte_identical_and_registered(tmp_path, monkeypatch):
 
     fig, ax = plt.subplots()
     ax.plot([1, 2, 3], [3, 1, 2])
-    register_figure(fig, "loss_pca", "bare", "Unlabelled", "seedscope.pca.demo")
+    register_figure(fig, "loss_pca", "bare", "Unlabelled", plot_curves)
     index = json.loads((tmp_path / "figures" / "loss_pca" / "index.json").read_text())
     assert index["bare"]["problems"] == ["axes 0: no x label", "axes 0: no y label"]
 
@@ -151,7 +152,7 @@ def test_analysis_figures_are_titled_labelled_and_readable():
     (the large grids) text >= 9 pt at the book's page width."""
     import numpy as np
 
-    from seedscope import compare
+    from seedscope.analyses import compare
 
     rng = np.random.default_rng(0)
     shared = rng.normal(-3, 1, (40, 50))

@@ -10,8 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from seedscope.pipeline import pipeline_outputs, scratch_copy, source_files
-from seedscope.provenance import SOURCE_RECORD
+from seedscope.core.provenance import SOURCE_RECORD
+from seedscope.pipeline.runner import pipeline_outputs, scratch_copy, source_files
 
 # What a finished `dvc repro` leaves in a checkout (one file under every kind of output).
 RUN_OUTPUTS = {
@@ -20,7 +20,7 @@ RUN_OUTPUTS = {
     "results/corpus/eval_tokens.npy": "x",
     "results/.gitignore": "/corpus\n",
     "figures/loss_pca/scree.png": "png",
-    "reports/notebooks/07_loss_pca.html": "<html></html>",
+    "reports/notebooks/3_loss_pca.html": "<html></html>",
     "metrics/loss_pca.json": '{"n": 1}\n',
     "metrics/details/loss_pca.json": "{}\n",
     "metrics/plots/train_loss/small-s1.json": "[]\n",
@@ -62,7 +62,7 @@ def test_copy_of_a_checkout_that_ran_holds_no_outputs(tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys; from seedscope.pipeline import scratch_copy; "
+            "import sys; from seedscope.pipeline.runner import scratch_copy; "
             "print(scratch_copy(sys.argv[1], 'smoke'))",
             str(tmp_path / "copy"),
         ],
@@ -84,7 +84,11 @@ def test_copy_of_a_checkout_that_ran_holds_no_outputs(tmp_path):
     # (untracked work-in-progress files do not count as changes to committed sources)
     assert json.loads((copy / SOURCE_RECORD).read_text())["git_commit"] == sources_commit
     commit = subprocess.run(
-        [sys.executable, "-c", "from seedscope.provenance import git_commit; print(git_commit())"],
+        [
+            sys.executable,
+            "-c",
+            "from seedscope.core.provenance import git_commit; print(git_commit())",
+        ],
         env={**os.environ, "SEEDSCOPE_ROOT": str(copy)},
         capture_output=True,
         text=True,
@@ -112,7 +116,7 @@ def test_provenance_commit_follows_sources_not_results(tmp_path):
             [
                 sys.executable,
                 "-c",
-                "from seedscope.provenance import git_commit; print(git_commit())",
+                "from seedscope.core.provenance import git_commit; print(git_commit())",
             ],
             env={**os.environ, "SEEDSCOPE_ROOT": str(checkout)},
             capture_output=True,
@@ -126,7 +130,7 @@ def test_provenance_commit_follows_sources_not_results(tmp_path):
     _git(checkout, "add", "-f", "metrics/loss_pca.json", "tests/test_extra.py")
     _git(checkout, "commit", "-qm", "published results and a test")
     assert commit_of_checkout() == sources_commit
-    with (checkout / "src/seedscope/pca.py").open("a") as f:
+    with (checkout / "src/seedscope/analyses/pca.py").open("a") as f:
         f.write("\n# an edit\n")
     assert commit_of_checkout() == sources_commit + "+dirty"
     _git(checkout, "commit", "-qam", "an analysis change")

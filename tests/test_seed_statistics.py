@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from seedscope import compare, pca
-from seedscope.stats import pair_replicate_mean, resample_runs_within, t_interval, wald_p
+from seedscope.analyses import compare, pca
+from seedscope.core.stats import pair_replicate_mean, resample_runs_within, t_interval, wald_p
 
 N_W, W = 300, 64
 
@@ -518,8 +518,8 @@ def test_seed_split_shared_across_sizes_is_named_by_seed():
     ],
 )
 def test_bad_seed_statistics_params_fail_early(section, values, message):
-    from seedscope.errors import SeedscopeError
-    from seedscope.workflow import stage_config
+    from seedscope.core.errors import SeedscopeError
+    from seedscope.stages.common import stage_config
 
     with pytest.raises(SeedscopeError, match=message):
         stage_config(section, values)

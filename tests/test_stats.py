@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from seedscope.errors import SeedscopeError
-from seedscope.stats import (
+from seedscope.core.errors import SeedscopeError
+from seedscope.core.stats import (
     bh_adjust,
     bootstrap_mean,
     bootstrap_pearson,

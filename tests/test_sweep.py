@@ -17,16 +17,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from seedscope.errors import SeedscopeError
-from seedscope.losses import (
+from seedscope.core.errors import SeedscopeError
+from seedscope.logprobs.engine import (
     file_sha256,
     load_logprobs,
     load_topk,
     load_trajectories,
     token_logprobs,
 )
-from seedscope.suites import get_suite
-from seedscope.sweep import (
+from seedscope.logprobs.sweep import (
     LoaderStore,
     RandomGPT2Loader,
     SweepConfig,
@@ -36,6 +35,7 @@ from seedscope.sweep import (
     resolve_units,
     run_sweep,
 )
+from seedscope.suites.registry import get_suite
 
 SUITE = get_suite("mini-smoke")  # steps 0, 5, 10, 15, 20, 30, 40, 50, 60
 RUNS = ["small-x21", "small-x49"]
@@ -175,8 +175,8 @@ def test_rerun_skips_and_repairs(reference, tmp_path):
 
 CHILD = """
 import sys, numpy as np
-from seedscope.suites import get_suite
-from seedscope.sweep import RandomGPT2Loader, SweepConfig, run_sweep
+from seedscope.suites.registry import get_suite
+from seedscope.logprobs.sweep import RandomGPT2Loader, SweepConfig, run_sweep
 cfg = SweepConfig(steps=("final", "mid", "all"), batch_size=4, device="cpu", threads=1,
                   trajectory_tokens=40, seed=3)
 run_sweep(get_suite("mini-smoke"), np.load(sys.argv[2]), sys.argv[1], cfg,
@@ -318,8 +318,8 @@ def test_prefetch_overlaps_and_budget_serialises(tmp_path, nbytes):
 
 
 def test_hub_store_through_checkpoints(tmp_path):
-    """Default path: models come from a hub cache through seedscope.checkpoints."""
-    from seedscope.hubcache import write_snapshot
+    """Default path: models come from a hub cache through seedscope.models.checkpoints."""
+    from seedscope.models.hubcache import write_snapshot
 
     cache = tmp_path / "cache"
     for step in (50, 60):
@@ -370,7 +370,7 @@ def test_restart_and_prune_leave_what_a_fresh_sweep_writes(reference, tmp_path):
 def test_unit_recomputed_when_its_checkpoint_commit_changes(tmp_path):
     """A persisted unit is trusted only for the weights it was computed from: a retrained
     checkpoint (same revision, new commit in the cache) is evaluated again."""
-    from seedscope.hubcache import write_snapshot
+    from seedscope.models.hubcache import write_snapshot
 
     cache = tmp_path / "cache"
     repo = "seedscope/mini-smoke-small-x21"

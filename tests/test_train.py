@@ -1,4 +1,4 @@
-"""Tests for seedscope.train: config validation, determinism, kill -9 resume, hub-cache
+"""Tests for seedscope.models.train: config validation, determinism, kill -9 resume, hub-cache
 round trip, init/data seed decoupling, and the small helpers against hand-computed answers."""
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ import pandas as pd
 import pytest
 import torch
 
-from seedscope.errors import SeedscopeError
-from seedscope.hubcache import cached_revisions, repo_folder
-from seedscope.suites import Run, Suite
-from seedscope.train import (
+from seedscope.core.errors import SeedscopeError
+from seedscope.models.hubcache import cached_revisions, repo_folder
+from seedscope.models.train import (
     TrainConfig,
     batch_indices,
     build_model,
@@ -32,6 +31,7 @@ from seedscope.train import (
     train_suite,
     unigram_loss,
 )
+from seedscope.suites.registry import Run, Suite
 
 STEPS = (0, 5, 10, 15, 20)
 RUNS = (
@@ -210,6 +210,32 @@ def test_induction_probe_on_untrained_model_sees_no_copying(corpus: Path) -> Non
     assert probe["induction_score"] == pytest.approx(1 / 8, abs=0.1)  # queries see 8..14 keys
 
 
+def test_the_trainers_induction_probe_is_analysis_6s_head_score(corpus: Path) -> None:
+    """Training logs an induction score and analysis 6 scores heads: one definition
+    (`models.hooks.induction_positions`), so on the same sequences the trainer's score is
+    the best head's `induction` score, and its second-copy loss is analysis 6's (the first
+    copy differs on purpose: the trainer leaves out r_1, which only the BOS precedes)."""
+    import torch
+
+    from seedscope.analyses.induction import head_scores
+
+    data = load_corpus(corpus)
+    torch.manual_seed(3)
+    model = build_model(CFG.sizes["small"], data.vocab_size, data.eos_id, CFG, init_seed=3)
+    with torch.no_grad():  # sharpen attention so heads differ (untrained ones are ~uniform)
+        for p in model.parameters():
+            p.mul_(8.0)
+    ids = np.arange(1, data.vocab_size)
+    probe = induction_probe(model, ids, data.eos_id, length=7, n_seq=8, seed=5)
+    seqs = probe_sequences(ids, data.eos_id, 7, 8, 5)
+    scored = head_scores(model, seqs)
+    heads = scored.heads
+    assert heads["induction"].std() > 0.01  # the heads are not all alike
+    assert probe["induction_score"] == pytest.approx(heads["induction"].max(), rel=1e-5)
+    second = scored.second_copy_loss.mean()
+    assert probe["second_loss"] == pytest.approx(second, rel=1e-5)
+
+
 def test_probe_sequences_draw_each_half_without_replacement() -> None:
     ids = np.array([3, 5, 8, 13, 21, 34, 55])
     seq = probe_sequences(ids, eos_id=0, length=7, n_seq=50, seed=1).numpy()
@@ -274,8 +300,8 @@ def test_resume_after_kill_9_is_bit_identical(
     script = textwrap.dedent(
         f"""
         import os, signal
-        from seedscope.suites import Run, Suite
-        from seedscope.train import TrainConfig, train_run
+        from seedscope.suites.registry import Run, Suite
+        from seedscope.models.train import TrainConfig, train_run
         suite = Suite(name="tiny", description="", architecture="gpt2",
                       revision_format="checkpoint-{{step}}", tokenizer="local",
                       steps={STEPS!r}, runs=())

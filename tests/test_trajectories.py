@@ -1,4 +1,4 @@
-"""Tests for seedscope.trajectories against planted curve shapes and hand-computed cases."""
+"""Tests for seedscope.analyses.trajectories against planted curve shapes and hand-computed cases."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from scipy.special import expit
 
-from seedscope import trajectories as tr
-from seedscope.errors import SeedscopeError
+from seedscope.analyses import trajectories as tr
+from seedscope.core.errors import SeedscopeError
 
 matplotlib.use("Agg")
 

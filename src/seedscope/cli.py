@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from seedscope.errors import SeedscopeError
+from seedscope.core.errors import SeedscopeError
 
 
 def _suites(args: argparse.Namespace) -> str:
-    from seedscope.suites import registry
+    from seedscope.suites.registry import registry
 
     suites = registry()
     if args.format == "json":
@@ -43,7 +43,7 @@ def _suites(args: argparse.Namespace) -> str:
 
 
 def _checkpoints(args: argparse.Namespace) -> str:
-    from seedscope.suites import get_suite
+    from seedscope.suites.registry import get_suite
 
     suite = get_suite(args.suite)
     runs = [suite.run(args.run)] if args.run else list(suite.runs)
@@ -65,7 +65,7 @@ def text_logprobs(model: Any, tokenizer: Any, text: str) -> dict[str, Any]:
     """
     import numpy as np
 
-    from seedscope.losses import token_logprobs
+    from seedscope.logprobs.engine import token_logprobs
 
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if len(ids) < 2:
@@ -86,13 +86,13 @@ def text_logprobs(model: Any, tokenizer: Any, text: str) -> dict[str, Any]:
 
 
 def _logprobs(args: argparse.Namespace) -> str:
-    from seedscope.checkpoints import load_checkpoint
-    from seedscope.suites import get_suite
+    from seedscope.models.checkpoints import load_checkpoint
+    from seedscope.suites.registry import get_suite
 
     suite = get_suite(args.suite)
     run = suite.run(args.run)
     revision = suite.revision(args.step)
-    from seedscope.io import read_text_file
+    from seedscope.core.io import read_text_file
 
     text = read_text_file(args.text_file)
     model, tokenizer = load_checkpoint(suite, run, args.step)
@@ -110,7 +110,7 @@ def _logprobs(args: argparse.Namespace) -> str:
 def _stage(args: argparse.Namespace) -> str:
     import os
 
-    from seedscope.pipeline import run_stage
+    from seedscope.pipeline.runner import run_stage
 
     # dvc runs stages from the project root: anchor every path there, once, explicitly.
     if "SEEDSCOPE_ROOT" not in os.environ and Path("dvc.yaml").exists():
@@ -120,12 +120,32 @@ def _stage(args: argparse.Namespace) -> str:
 
 
 def _validate(args: argparse.Namespace) -> str:
-    from seedscope.pipeline import STAGES, read_params, validate_stage
+    from seedscope.pipeline.registry import STAGES
+    from seedscope.pipeline.runner import read_params, validate_stage
 
     params = read_params(args.params)
     for name in STAGES:
         validate_stage(name, params)
     return "params OK"
+
+
+def _dvc_yaml(args: argparse.Namespace) -> str:
+    from seedscope.core.io import atomic_path
+    from seedscope.core.paths import project_root
+    from seedscope.pipeline.dvcfile import dvc_yaml
+
+    path = project_root() / "dvc.yaml"
+    text = dvc_yaml()
+    if args.check:
+        if not path.is_file() or path.read_text() != text:
+            raise SeedscopeError(
+                f"{path.name} is not what the stage registry generates.",
+                "run `seedscope dvc-yaml` after editing seedscope.pipeline.registry or an import.",
+            )
+        return f"{path.name} is current"
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return f"wrote {path.name} from the stage registry"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--params", default=None, help="params file (default: params.yaml)")
     p.set_defaults(func=_stage)
+
+    p = sub.add_parser("dvc-yaml", help="write dvc.yaml from the stage registry")
+    p.add_argument("--check", action="store_true", help="only check it is current")
+    p.set_defaults(func=_dvc_yaml)
 
     p = sub.add_parser("validate", help="check params.yaml for every stage, run nothing")
     p.add_argument("--params", default=None)

@@ -3,7 +3,7 @@ traceback, raised before any heavy work, and nothing already computed is touched
 
 Each case runs a real entry point (`seedscope stage NAME --params FILE`, `seedscope
 logprobs ...`, `seedscope validate --params FILE`) in a subprocess, in its own copy of a
-scratch project (`seedscope.pipeline.scratch_copy`) that holds fabricated results, against
+scratch project (`seedscope.pipeline.runner.scratch_copy`) that holds fabricated results, against
 a fabricated hub cache (`HF_HUB_OFFLINE=1`) and user suites on `$SEEDSCOPE_SUITES`. The
 subprocess arms tripwires on the heavy work (papermill notebook execution, a model's
 `from_pretrained`, training, a sweep unit): touching one exits with status 97. Every file
@@ -57,7 +57,7 @@ def _auto(m): m.AutoModelForCausalLM.from_pretrained = tripwire("model load")
 def _train(m): m.train_run = tripwire("training"); m.train_suite = tripwire("training")
 def _sweep(m): m.compute_unit = tripwire("sweep unit")
 PATCH = {"papermill": _papermill, "transformers.models.auto.modeling_auto": _auto,
-         "seedscope.train": _train, "seedscope.sweep": _sweep}
+         "seedscope.models.train": _train, "seedscope.logprobs.sweep": _sweep}
 
 class Hook(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
@@ -114,8 +114,8 @@ def _bin_bytes(model: Any) -> bytes:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> dict[str, Path]:
     """A scratch project with fabricated results, a hub cache and user suites."""
-    from seedscope.hubcache import write_snapshot
-    from seedscope.pipeline import scratch_copy
+    from seedscope.models.hubcache import write_snapshot
+    from seedscope.pipeline.runner import scratch_copy
 
     base = tmp_path_factory.mktemp("bad-inputs")
     project = scratch_copy(base / "project", profile="smoke")
@@ -134,7 +134,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
     (project / "figures/loss_correlation").mkdir(parents=True, exist_ok=True)
     (project / "figures/loss_correlation/key.png").write_bytes(rng.bytes(256))
     (project / "reports/notebooks").mkdir(parents=True, exist_ok=True)
-    (project / "reports/notebooks/04_token_losses.ipynb").write_text("{}")
+    (project / "reports/notebooks/0d_token_losses.ipynb").write_text("{}")
 
     cache = base / "hub"
     tok = hubfake.gpt2_tokenizer_files(base / "tok", vocab_size=320)

@@ -1,7 +1,7 @@
 """Kills: `kill -9` at seeded random moments of training and of the sweep, then a rerun.
 
-For each of training (`seedscope.train.train_run`, one tiny run) and the checkpoint sweep
-(`seedscope.sweep.run_sweep` with tiny random models), an uninterrupted run gives the
+For each of training (`seedscope.models.train.train_run`, one tiny run) and the checkpoint sweep
+(`seedscope.logprobs.sweep.run_sweep` with tiny random models), an uninterrupted run gives the
 reference hashes and duration D; then 12 attempts each start a fresh run, SIGKILL it at a
 moment drawn uniformly from [0, 0.8 D] (seeded; at least 10 must land mid-run), and rerun it to completion. After the rerun:
 every output file equals the reference byte for byte, no `.tmp-*` (or `.ckpt-*`) leftover
@@ -47,11 +47,11 @@ from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel  # noqa: F40
 import transformers.models.gpt2.modeling_gpt2  # noqa: F401
 from transformers import PreTrainedTokenizerFast  # noqa: F401
 import pandas, pyarrow.parquet, safetensors.torch, tqdm.auto  # noqa: F401
-import seedscope.losses, seedscope.sweep, seedscope.train  # noqa: F401
+import seedscope.logprobs.engine, seedscope.logprobs.sweep, seedscope.models.train  # noqa: F401
 
 def train(a):
-    from seedscope.suites import Run, Suite
-    from seedscope.train import TrainConfig, train_run
+    from seedscope.suites.registry import Run, Suite
+    from seedscope.models.train import TrainConfig, train_run
     suite = Suite(name="tiny", description="", architecture="gpt2",
                   revision_format="checkpoint-{step}", tokenizer="local",
                   steps=tuple(a["steps"]), runs=())
@@ -61,8 +61,8 @@ def train(a):
     return {"resumed_from": out.get("resumed_from"), "skipped": out.get("skipped")}
 
 def sweep(a):
-    from seedscope.suites import get_suite
-    from seedscope.sweep import RandomGPT2Loader, SweepConfig, run_sweep
+    from seedscope.suites.registry import get_suite
+    from seedscope.logprobs.sweep import RandomGPT2Loader, SweepConfig, run_sweep
     cfg = SweepConfig(steps=("final", "mid", "all"), batch_size=4, device="cpu", threads=1,
                       trajectory_tokens=40, seed=3)
     frame = run_sweep(get_suite("mini-smoke"), np.load(a["windows"]), a["out"], cfg,

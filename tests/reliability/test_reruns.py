@@ -1,7 +1,7 @@
 """Reruns: `dvc repro -f` on the smoke profile gives the same bytes as the first run.
 
 The first run is the session fixture `smoke_project`; this test hashes every file under its
-results/, metrics/ and figures/ (figures are byte-identical: `seedscope.plots.save_figure`
+results/, metrics/ and figures/ (figures are byte-identical: `seedscope.core.plots.save_figure`
 strips matplotlib's PNG metadata), runs `dvc repro -f` once more and compares.
 
 Excluded: the rendered notebooks under reports/notebooks/ (their progress-bar output holds

@@ -1,0 +1,1 @@
+"""Foundations every stage shares: errors, atomic I/O, paths, provenance, statistics, configs, metrics, figures."""

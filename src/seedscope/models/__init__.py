@@ -1,0 +1,1 @@
+"""Checkpoints: loading them from a hub cache, writing that cache, training the mini-suite."""
