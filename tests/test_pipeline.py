@@ -45,7 +45,7 @@ def test_every_stage_has_its_notebook_glue_module_and_one_number():
         assert f"from seedscope.stages import {name} as stage" in code, name
         assert callable(stage_function(name))
     assert [(a.stage, a.number) for a in ANSWERS] == [
-        (s.name, s.number) for s in STAGES.values() if s.number.isdigit() and s.name != "report"
+        (s.name, s.number) for s in STAGES.values() if s.number in "123456"
     ]
 
 

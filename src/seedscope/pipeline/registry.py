@@ -54,122 +54,124 @@ def _plot(y: str, title: str) -> dict[str, Any]:
     return {"cache": False, "x": "step", "y": y, "template": "linear", "title": title}
 
 
-_ANALYSES = ("loss_correlation", "convergence", "loss_pca", "behaviours", "trajectories")
+_WORK: list[Stage] = [
+    Stage(
+        "suites",
+        "0a",
+        "Suites: which runs and checkpoints this study reads",
+        ("suite",),
+        reads=(),
+        writes=("results/manifest.json",),
+        figures=False,
+        metrics=False,
+    ),
+    Stage(
+        "corpus",
+        "0b",
+        "Corpus: eval tokens with planted structure",
+        ("corpus",),
+        reads=(),
+        writes=("results/corpus",),
+        figures=False,
+    ),
+    Stage(
+        "train",
+        "0c",
+        "Training the mini-suite",
+        ("suite", "corpus", "train"),
+        reads=("results/manifest.json", "results/corpus"),
+        writes=("results/hub", "results/train"),
+        figures=False,
+        plots={"metrics/plots/train_loss": _plot("loss", "Training loss per run")},
+    ),
+    Stage(
+        "token_losses",
+        "0d",
+        "Per-token log-probs: the central table",
+        ("suite", "token_losses", "behaviours", "induction"),
+        reads=("results/manifest.json", "results/corpus", "results/hub"),
+        writes=("results/token_losses",),
+        figures=False,
+        persist=("results/token_losses",),
+    ),
+    Stage(
+        "loss_correlation",
+        "1",
+        "Seed-pair agreement, token by token",
+        ("suite", "loss_correlation"),
+        writes=("results/loss_correlation",),
+    ),
+    Stage(
+        "convergence",
+        "2",
+        "Mid-training divergence: closed by the end?",
+        ("suite", "convergence"),
+        writes=("results/convergence",),
+        plots={
+            "metrics/plots/agreement_over_training.csv": _plot(
+                "pearson", "Pairwise agreement over training"
+            )
+        },
+    ),
+    Stage(
+        "loss_pca",
+        "3",
+        "Principal components of per-token loss",
+        ("suite", "loss_pca"),
+        writes=("results/loss_pca",),
+    ),
+    Stage(
+        "behaviours",
+        "4",
+        "Behaviours over runs and checkpoints",
+        ("suite", "behaviours"),
+        writes=("results/behaviours",),
+    ),
+    Stage(
+        "trajectories",
+        "5",
+        "Per-token loss trajectories: smooth or S-shaped?",
+        ("suite", "trajectories"),
+        writes=("results/trajectories",),
+    ),
+    Stage(
+        "induction",
+        "6",
+        "The induction-head phase change in every run",
+        ("suite", "induction"),
+        reads=(*UPSTREAM, "results/train"),
+        writes=("results/induction",),
+        plots={
+            "metrics/plots/induction_score.csv": _plot(
+                "induction_score", "Best-head induction score over training"
+            )
+        },
+    ),
+]
 
-STAGES: dict[str, Stage] = {
-    s.name: s
-    for s in [
-        Stage(
-            "suites",
-            "0a",
-            "Suites: which runs and checkpoints this study reads",
-            ("suite",),
-            reads=(),
-            writes=("results/manifest.json",),
-            figures=False,
-            metrics=False,
+
+def _report(stages: list[Stage]) -> Stage:
+    """The report reads every stage's headline details (but the corpus's) and figures: a
+    stage added to the registry is in the book with no change here."""
+    return Stage(
+        "report",
+        "7",
+        "Report",
+        ("suite", "report"),
+        reads=(
+            "results/manifest.json",
+            *(f"metrics/details/{s.name}.json" for s in stages if s.metrics and s.name != "corpus"),
+            *(f"figures/{s.name}" for s in stages if s.figures),
+            "tests",  # the report names the test files that back each figure
         ),
-        Stage(
-            "corpus",
-            "0b",
-            "Corpus: eval tokens with planted structure",
-            ("corpus",),
-            reads=(),
-            writes=("results/corpus",),
-            figures=False,
-        ),
-        Stage(
-            "train",
-            "0c",
-            "Training the mini-suite",
-            ("suite", "corpus", "train"),
-            reads=("results/manifest.json", "results/corpus"),
-            writes=("results/hub", "results/train"),
-            figures=False,
-            plots={"metrics/plots/train_loss": _plot("loss", "Training loss per run")},
-        ),
-        Stage(
-            "token_losses",
-            "0d",
-            "Per-token log-probs: the central table",
-            ("suite", "token_losses", "behaviours", "induction"),
-            reads=("results/manifest.json", "results/corpus", "results/hub"),
-            writes=("results/token_losses",),
-            figures=False,
-            persist=("results/token_losses",),
-        ),
-        Stage(
-            "loss_correlation",
-            "1",
-            "Seed-pair agreement, token by token",
-            ("suite", "loss_correlation"),
-            writes=("results/loss_correlation",),
-        ),
-        Stage(
-            "convergence",
-            "2",
-            "Mid-training divergence: closed by the end?",
-            ("suite", "convergence"),
-            writes=("results/convergence",),
-            plots={
-                "metrics/plots/agreement_over_training.csv": _plot(
-                    "pearson", "Pairwise agreement over training"
-                )
-            },
-        ),
-        Stage(
-            "loss_pca",
-            "3",
-            "Principal components of per-token loss",
-            ("suite", "loss_pca"),
-            writes=("results/loss_pca",),
-        ),
-        Stage(
-            "behaviours",
-            "4",
-            "Behaviours over runs and checkpoints",
-            ("suite", "behaviours"),
-            writes=("results/behaviours",),
-        ),
-        Stage(
-            "trajectories",
-            "5",
-            "Per-token loss trajectories: smooth or S-shaped?",
-            ("suite", "trajectories"),
-            writes=("results/trajectories",),
-        ),
-        Stage(
-            "induction",
-            "6",
-            "The induction-head phase change in every run",
-            ("suite", "induction"),
-            reads=(*UPSTREAM, "results/train"),
-            writes=("results/induction",),
-            plots={
-                "metrics/plots/induction_score.csv": _plot(
-                    "induction_score", "Best-head induction score over training"
-                )
-            },
-        ),
-        Stage(
-            "report",
-            "7",
-            "Report",
-            ("suite", "report"),
-            reads=(
-                "results/manifest.json",
-                *(f"metrics/details/{s}.json" for s in ("train", "token_losses", *_ANALYSES)),
-                "metrics/details/induction.json",
-                *(f"figures/{s}" for s in (*_ANALYSES, "induction")),
-                "tests",  # the report names the test files that back each figure
-            ),
-            writes=("reports/book",),
-            uncached=("reports/index.html",),
-            figures=False,
-            metrics=False,
-        ),
-    ]
-}
+        writes=("reports/book",),
+        uncached=("reports/index.html",),
+        figures=False,
+        metrics=False,
+    )
+
+
+STAGES: dict[str, Stage] = {s.name: s for s in [*_WORK, _report(_WORK)]}
 
 # params section -> "module:Class" of its validated config.
 SECTION_CONFIGS: dict[str, str] = {

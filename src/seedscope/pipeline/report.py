@@ -29,14 +29,18 @@ QUESTION = (
     "token, behaviour by behaviour, and in when their circuits (induction heads) form?"
 )
 
-# Chapters of the book: the set-up stages, then the six analyses (answers.ANSWERS order).
-SETUP_STAGES = ("suites", "corpus", "train", "token_losses")
-ANALYSIS_STAGES = tuple(answer.stage for answer in ANSWERS)
+# Chapters of the book, from the stage registry: the analyses (numbered stages), then the
+# set-up stages (0a-0d); a new analysis registered in STAGES gets its chapter and its
+# headline table with no change here (a front-page answer needs an `answers.ANSWERS` entry).
+SETUP_STAGES = tuple(s.name for s in STAGES.values() if not s.number.isdigit())
+ANALYSIS_STAGES = tuple(
+    s.name for s in STAGES.values() if s.number.isdigit() and s.name != "report"
+)
 
 # Stages whose metrics the headline page lists, with their section titles.
 ANALYSES = {
-    **{s: f"{STAGES[s].number} · {STAGES[s].title}" for s in ("train", "token_losses")},
-    **{a.stage: f"{a.number} · {a.title}" for a in ANSWERS},
+    s: f"{STAGES[s].number} · {STAGES[s].title}"
+    for s in ("train", "token_losses", *ANALYSIS_STAGES)
 }
 
 _PACKAGES_SHOWN = ("seedscope", "torch", "transformers", "numpy")
@@ -191,12 +195,12 @@ def book_config(title: str, footer: str) -> dict[str, Any]:
 
 
 def book_toc(chapters_present: list[str]) -> dict[str, Any]:
-    """`_toc.yml`: the answers, the six analyses (titled by their number on the front page),
+    """`_toc.yml`: the answers, the analyses (titled by their number, as on the front page),
     then the set-up chapters."""
     analyses = [
-        {"file": _chapter(a.stage), "title": f"{a.number} · {a.title}"}
-        for a in ANSWERS
-        if _chapter(a.stage) in chapters_present
+        {"file": _chapter(s), "title": ANALYSES[s]}
+        for s in ANALYSIS_STAGES
+        if _chapter(s) in chapters_present
     ]
     setup = [{"file": _chapter(s)} for s in SETUP_STAGES if _chapter(s) in chapters_present]
     parts = [{"caption": "The answers", "chapters": [{"file": "headlines"}, {"file": "reproduce"}]}]
