@@ -97,6 +97,19 @@ def test_the_import_closure_follows_local_imports_glue_calls_and_config_classes(
     assert [n for n in STAGES if "stages.loss_pca" in stage_modules(n)] == ["loss_pca"]
 
 
+def test_adding_a_stage_reruns_no_other_stage():
+    """The stage registry is every stage's definition, but what it says about a stage is in
+    that stage's dvc.yaml entry (notebook, params, config module, outs), which DVC compares
+    itself; so only the report (its chapter titles) lists registry.py, and registering an
+    analysis re-runs that analysis and the report, not training."""
+    from seedscope.pipeline.codedeps import DEFINITION, module_file
+
+    for name in STAGES:
+        assert DEFINITION in stage_modules(name)  # loaded (the runtime check allows it) ...
+        listed = module_file(DEFINITION) in DVC[name]["deps"]
+        assert listed == (name == "report"), name  # ... but a dep of the report alone
+
+
 def test_the_closure_runs_shared_modules_by_function(tmp_path):
     """The runner and the common glue count by function: training does not depend on the
     sweep (only `token_losses`' pre-flight uses it); a notebook that hides a shared module

@@ -44,6 +44,13 @@ RUNNER = (
     ("pipeline.runner", "quiet_kernel"),
     ("pipeline.runner", "record_modules"),
 )
+# The pipeline's definition: what it says about a stage is in that stage's own dvc.yaml
+# entry (its notebook path, params sections, config modules, outs), which DVC already
+# compares, so stages list it only where more of it reaches the outputs (the report's
+# chapter titles). Listing it everywhere would rerun every stage, training included, when
+# an analysis is added.
+DEFINITION = "pipeline.registry"
+DEFINITION_READERS = ("report",)
 # module -> the package data folders it reads
 PACKAGE_DATA: dict[str, tuple[str, ...]] = {
     "suites.registry": ("suites",),
@@ -229,8 +236,9 @@ def module_file(module: str) -> str:
 
 def stage_code_deps(name: str) -> list[str]:
     """What `dvc.yaml` lists as stage `name`'s code deps: its modules' files and the package
-    data folders they read, as paths relative to the project."""
-    mods = stage_modules(name)
+    data folders they read, as paths relative to the project (the registry only for the
+    stages that read more of it than their own dvc.yaml entry, `DEFINITION_READERS`)."""
+    mods = [m for m in stage_modules(name) if m != DEFINITION or name in DEFINITION_READERS]
     folders = [f"{PACKAGE}/{f}" for f in sorted({f for m in mods for f in PACKAGE_DATA.get(m, ())})]
     files = [module_file(m) for m in mods]
     # a module inside a data folder is covered by the folder (the deps do not overlap)
