@@ -14,8 +14,9 @@ import yaml
 from seedscope.core.config import from_section
 from seedscope.core.errors import SeedscopeError
 from seedscope.pipeline.codedeps import PACKAGE_DATA, stage_code_deps, stage_modules
-from seedscope.pipeline.registry import SECTION_CONFIGS, STAGES, config_class, stage_function
+from seedscope.pipeline.registry import STAGES, stage_function
 from seedscope.pipeline.runner import read_params, validate_stage
+from seedscope.pipeline.sections import SECTION_CONFIGS, config_class
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -248,3 +249,13 @@ def test_notebooks_are_thin_clean_and_parameterised(stage):
     assert len(params_cells) == 1
     declared = set(re.findall(r"^(\w+)\s*=", "".join(params_cells[0]["source"]), re.M))
     assert declared == set(stage.sections)
+
+
+def test_bytecode_never_changes_a_code_dep():
+    """Folders listed as deps (`src/seedscope/suites`, `tests`) hold Python modules: the
+    bytecode an import writes beside them must not change their DVC hash (a fresh clone or
+    another Python would otherwise re-run every stage)."""
+    ignored = (ROOT / ".dvcignore").read_text().split()
+    assert "__pycache__/" in ignored and "*.pyc" in ignored
+    folders = [d for spec in DVC.values() for d in spec["deps"] if (ROOT / d).is_dir()]
+    assert any(list((ROOT / d).glob("*.py")) for d in folders)  # the case this guards

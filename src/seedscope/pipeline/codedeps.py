@@ -159,7 +159,7 @@ def _config_module(spec: str) -> Node:
 def _configs(node: ast.AST) -> set[Node]:
     """The config modules a function loads by section name: `stage_config("x", ...)` /
     `config_class("x")` with a literal section (imported by name, so no `import` shows)."""
-    from seedscope.pipeline.registry import SECTION_CONFIGS
+    from seedscope.pipeline.sections import SECTION_CONFIGS
 
     found = set()
     for n in ast.walk(node):
@@ -211,8 +211,9 @@ def _notebook(path: Path) -> set[Node]:
 
 def stage_modules(name: str) -> list[str]:
     """The package modules stage `name`'s code can reach (sorted dotted keys)."""
-    from seedscope.pipeline.registry import SECTION_CONFIGS, STAGES
+    from seedscope.pipeline.registry import STAGES
     from seedscope.pipeline.runner import STAGE_PREFLIGHTS
+    from seedscope.pipeline.sections import SECTION_CONFIGS
 
     stage = STAGES[name]
     todo = set(RUNNER) | _notebook(PACKAGE_DIR.parents[1] / "notebooks" / f"{stage.notebook}.ipynb")

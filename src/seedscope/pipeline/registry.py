@@ -81,7 +81,6 @@ _WORK: list[Stage] = [
         ("suite", "corpus", "train"),
         reads=("results/manifest.json", "results/corpus"),
         writes=("results/hub", "results/train"),
-        figures=False,
         plots={"metrics/plots/train_loss": _plot("loss", "Training loss per run")},
     ),
     Stage(
@@ -173,21 +172,6 @@ def _report(stages: list[Stage]) -> Stage:
 
 STAGES: dict[str, Stage] = {s.name: s for s in [*_WORK, _report(_WORK)]}
 
-# params section -> "module:Class" of its validated config.
-SECTION_CONFIGS: dict[str, str] = {
-    "suite": "seedscope.core.config:SuiteConfig",
-    "corpus": "seedscope.data.corpus:CorpusConfig",
-    "train": "seedscope.models.train:TrainConfig",
-    "token_losses": "seedscope.logprobs.sweep:SweepConfig",
-    "loss_correlation": "seedscope.analyses.params:LossCorrelationParams",
-    "convergence": "seedscope.analyses.params:ConvergenceParams",
-    "loss_pca": "seedscope.analyses.params:LossPcaParams",
-    "behaviours": "seedscope.analyses.params:BehavioursParams",
-    "trajectories": "seedscope.analyses.params:TrajectoriesParams",
-    "induction": "seedscope.analyses.params:InductionParams",
-    "report": "seedscope.analyses.params:ReportParams",
-}
-
 
 def get_stage(name: str) -> Stage:
     """The record of stage `name`, or one error naming the stages there are."""
@@ -197,12 +181,6 @@ def get_stage(name: str) -> Stage:
             f"stages: {', '.join(STAGES)}.",
         )
     return STAGES[name]
-
-
-def config_class(section: str) -> type:
-    """A params section's config class (`SECTION_CONFIGS`, imported by name)."""
-    module, cls = SECTION_CONFIGS[section].split(":")
-    return getattr(importlib.import_module(module), cls)
 
 
 def stage_function(name: str) -> Callable[..., Any]:

@@ -23,7 +23,8 @@ import yaml
 from seedscope.core.errors import SeedscopeError, closest, yaml_problem
 from seedscope.core.io import atomic_path
 from seedscope.core.paths import project_root, reports_dir
-from seedscope.pipeline.registry import SECTION_CONFIGS, config_class, get_stage
+from seedscope.pipeline.registry import get_stage
+from seedscope.pipeline.sections import SECTION_CONFIGS, config_class
 
 
 def read_params(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
@@ -293,7 +294,9 @@ def preflight_token_losses(params: dict[str, Any]) -> None:
     resolved = from_section(SuiteConfig, params.get("suite"), "suite").resolve()
     cfg = from_section(SweepConfig, params.get("token_losses"), "token_losses")
     suite = resolved.suite
-    steps = [name_to_step(resolved, s) for s in cfg.steps]  # "first" is not a sweep step
+    steps = [
+        name_to_step(resolved, s) for s in cfg.steps
+    ]  # SweepConfig allows mid/final/all/integers
     units = resolve_units(suite, "all", steps)
     cache = ck.cache_dir_for(suite) or ck.default_hub_cache()
     present = {r.name: set(ck.cached_steps(suite, r, cache)) for r in suite.runs}

@@ -97,7 +97,9 @@ def _sweep_units(
     index = trajectory_windows_index(
         windows.shape[0], windows.shape[1], cfg.trajectory_tokens, cfg.seed
     )
-    steps = [name_to_step(resolved, s) for s in cfg.steps]  # "first" is not a sweep step
+    steps = [
+        name_to_step(resolved, s) for s in cfg.steps
+    ]  # SweepConfig allows mid/final/all/integers
     run_cfg = type(cfg)(**{**cfg.__dict__, "steps": tuple(steps)})
     # results/token_losses is a persisted DVC output (dvc.yaml `persist: true`): DVC leaves
     # it in place when it reruns the stage, so a killed sweep resumes inside `dvc repro`.
