@@ -14,9 +14,8 @@ import yaml
 from seedscope.core.config import from_section
 from seedscope.core.errors import SeedscopeError
 from seedscope.pipeline.codedeps import PACKAGE_DATA, stage_code_deps, stage_modules
-from seedscope.pipeline.registry import STAGES, stage_function
-from seedscope.pipeline.runner import read_params, validate_stage
-from seedscope.pipeline.sections import SECTION_CONFIGS, config_class
+from seedscope.pipeline.registry import SECTION_CONFIGS, STAGES, stage_function
+from seedscope.pipeline.runner import config_class, read_params, validate_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]

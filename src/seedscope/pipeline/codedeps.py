@@ -48,7 +48,9 @@ RUNNER = (
 # entry (its notebook path, params sections, config modules, outs), which DVC already
 # compares, so stages list it only where more of it reaches the outputs (the report's
 # chapter titles). Listing it everywhere would rerun every stage, training included, when
-# an analysis is added.
+# an analysis is added. (One thing a stage's entry does not show: which class of an
+# already-listed module validates a section, `SECTION_CONFIGS`; pointing a section at
+# another class there needs `dvc repro -f` of the stages that read it.)
 DEFINITION = "pipeline.registry"
 DEFINITION_READERS = ("report",)
 # module -> the package data folders it reads
@@ -159,7 +161,7 @@ def _config_module(spec: str) -> Node:
 def _configs(node: ast.AST) -> set[Node]:
     """The config modules a function loads by section name: `stage_config("x", ...)` /
     `config_class("x")` with a literal section (imported by name, so no `import` shows)."""
-    from seedscope.pipeline.sections import SECTION_CONFIGS
+    from seedscope.pipeline.registry import SECTION_CONFIGS
 
     found = set()
     for n in ast.walk(node):
@@ -211,9 +213,8 @@ def _notebook(path: Path) -> set[Node]:
 
 def stage_modules(name: str) -> list[str]:
     """The package modules stage `name`'s code can reach (sorted dotted keys)."""
-    from seedscope.pipeline.registry import STAGES
+    from seedscope.pipeline.registry import SECTION_CONFIGS, STAGES
     from seedscope.pipeline.runner import STAGE_PREFLIGHTS
-    from seedscope.pipeline.sections import SECTION_CONFIGS
 
     stage = STAGES[name]
     todo = set(RUNNER) | _notebook(PACKAGE_DIR.parents[1] / "notebooks" / f"{stage.notebook}.ipynb")

@@ -173,6 +173,22 @@ def _report(stages: list[Stage]) -> Stage:
 STAGES: dict[str, Stage] = {s.name: s for s in [*_WORK, _report(_WORK)]}
 
 
+# params section -> "module:Class" of its validated config.
+SECTION_CONFIGS: dict[str, str] = {
+    "suite": "seedscope.core.config:SuiteConfig",
+    "corpus": "seedscope.data.corpus:CorpusConfig",
+    "train": "seedscope.models.train:TrainConfig",
+    "token_losses": "seedscope.logprobs.sweep:SweepConfig",
+    "loss_correlation": "seedscope.analyses.params:LossCorrelationParams",
+    "convergence": "seedscope.analyses.params:ConvergenceParams",
+    "loss_pca": "seedscope.analyses.params:LossPcaParams",
+    "behaviours": "seedscope.analyses.params:BehavioursParams",
+    "trajectories": "seedscope.analyses.params:TrajectoriesParams",
+    "induction": "seedscope.analyses.params:InductionParams",
+    "report": "seedscope.analyses.params:ReportParams",
+}
+
+
 def get_stage(name: str) -> Stage:
     """The record of stage `name`, or one error naming the stages there are."""
     if name not in STAGES:

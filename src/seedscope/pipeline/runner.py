@@ -12,6 +12,7 @@ HTML rendering (code hidden, outputs kept) to `reports/notebooks/`, with volatil
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import tempfile
@@ -23,8 +24,13 @@ import yaml
 from seedscope.core.errors import SeedscopeError, closest, yaml_problem
 from seedscope.core.io import atomic_path
 from seedscope.core.paths import project_root, reports_dir
-from seedscope.pipeline.registry import get_stage
-from seedscope.pipeline.sections import SECTION_CONFIGS, config_class
+from seedscope.pipeline.registry import SECTION_CONFIGS, get_stage
+
+
+def config_class(section: str) -> type:
+    """A params section's config class (`registry.SECTION_CONFIGS`, imported by name)."""
+    module, cls = SECTION_CONFIGS[section].split(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 def read_params(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:

@@ -27,7 +27,7 @@ def resolve_suite(suite: dict[str, Any]) -> ResolvedSuite:
 
 def stage_config(section: str, values: dict[str, Any] | None) -> Any:
     """A params section -> its validated config object (errors before any heavy work)."""
-    from seedscope.pipeline.sections import config_class
+    from seedscope.pipeline.runner import config_class
 
     return from_section(config_class(section), values, section)
 
