@@ -590,43 +590,133 @@ def train_run(
     fingerprint = hashlib.sha256(
         f"{cfg.fingerprint()}:{corpus.fingerprint()}:{init_seed}:{data_seed}:{schedule}".encode()
     ).hexdigest()[:16]
-    state_path = _run_file(logs, run, ".state.pt")
-    loss_path = loss_log_path(logs, run)
-    ckpt_path = _run_file(logs, run, ".checkpoints.parquet")
-    meta_path = _run_file(logs, run, ".meta.json")
-
-    have = set(cached_revisions(cache, run.repo_id))
-    done = all(suite.revision(s) in have for s in schedule)
-    if meta_path.exists() and read_json(meta_path).get("fingerprint") != fingerprint:
+    plan = _RunPlan(
+        suite=suite, run=run, corpus=corpus, cfg=cfg, cache=cache, logs=logs,
+        schedule=schedule, n_chunks=n_chunks, init_seed=init_seed, data_seed=data_seed,
+        fingerprint=fingerprint, have=frozenset(cached_revisions(cache, run.repo_id)),
+    )  # fmt: skip
+    done = all(suite.revision(s) in plan.have for s in schedule)
+    if plan.meta_path.exists() and read_json(plan.meta_path).get("fingerprint") != fingerprint:
         raise SeedscopeError(
             f"Run {run.name!r} in {cache} / {logs} was trained with another config or corpus.",
             f"delete its cache folder and {logs}/{repo_slug(run.repo_id)}.* to retrain.",
         )
-    if done and loss_path.exists() and meta_path.exists() and read_json(meta_path)["summary"]:
-        return {**read_json(meta_path)["summary"], "skipped": True}
+    if done and plan.loss_path.exists() and plan.meta_path.exists():
+        summary = read_json(plan.meta_path)["summary"]
+        if summary:
+            return {**summary, "skipped": True}
 
     old_threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads_per_worker)
     try:
-        return _train(
-            suite, run, corpus, cache, logs, cfg, progress, on_step, n_chunks, schedule,
-            init_seed, data_seed, fingerprint, state_path, loss_path, ckpt_path, meta_path,
-            have,
-        )  # fmt: skip
+        return _train(plan, progress, on_step)
     finally:
         torch.set_num_threads(old_threads)
 
 
-def _train(
-    suite, run, corpus, cache, logs, cfg, progress, on_step, n_chunks, schedule,
-    init_seed, data_seed, fingerprint, state_path, loss_path, ckpt_path, meta_path, have,
-) -> dict[str, Any]:  # fmt: skip
+@dataclass(frozen=True)
+class _RunPlan:
+    """What one run's training is fixed by before its first update: the suite and run, the
+    corpus and config, where it writes, its seeds, schedule and fingerprint, and which
+    revisions the hub cache already holds."""
+
+    suite: Suite
+    run: Run
+    corpus: Corpus
+    cfg: TrainConfig
+    cache: Path
+    logs: Path
+    schedule: tuple[int, ...]
+    n_chunks: int
+    init_seed: int
+    data_seed: int
+    fingerprint: str
+    have: frozenset[str]
+
+    @property
+    def state_path(self) -> Path:  # the resume point: weights, optimizer, step, history
+        return _run_file(self.logs, self.run, ".state.pt")
+
+    @property
+    def loss_path(self) -> Path:
+        return loss_log_path(self.logs, self.run)
+
+    @property
+    def ckpt_path(self) -> Path:  # induction probe and eval loss per checkpoint
+        return _run_file(self.logs, self.run, ".checkpoints.parquet")
+
+    @property
+    def meta_path(self) -> Path:  # fingerprint and the finished run's summary
+        return _run_file(self.logs, self.run, ".meta.json")
+
+
+@dataclass
+class _TrainState:
+    """What changes as a run trains (and what its state file saves to resume from)."""
+
+    model: Any
+    optimizer: Any
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+    probes: list[dict[str, float]] = field(default_factory=list)
+    resumed_from: int | None = None
+
+
+@dataclass(frozen=True)
+class _ProbeInputs:
+    """The fixed inputs of the per-checkpoint measurements: eval windows, probe tokens."""
+
+    eval_windows: torch.Tensor
+    probe_len: int
+    probe_ids: np.ndarray
+    all_ids: np.ndarray
+
+
+def _train(plan: _RunPlan, progress: bool, on_step: Callable[[int], None] | None) -> dict[str, Any]:
+    """Build (or resume) the model, take every update to the final step, checkpointing on
+    the schedule; write and return the run's summary."""
     from tqdm.auto import tqdm
 
-    total = schedule[-1]
-    on_schedule = set(schedule)
-    spec = cfg.sizes[run.size]
-    model = build_model(spec, corpus.vocab_size, corpus.eos_id, cfg, init_seed)
+    cfg, corpus, total = plan.cfg, plan.corpus, plan.schedule[-1]
+    on_schedule = set(plan.schedule)
+    st = _initial_state(plan)
+    chunks = corpus.train[: plan.n_chunks * cfg.context].reshape(plan.n_chunks, cfg.context)
+    probe = _probe_inputs(plan)
+    copy_ids = np.setdiff1d(np.arange(corpus.vocab_size), [corpus.eos_id])
+    plan.logs.mkdir(parents=True, exist_ok=True)
+    write_json(plan.meta_path, {"fingerprint": plan.fingerprint, "summary": {}})
+    if st.step in on_schedule:
+        _checkpoint(plan, st, probe, st.step)
+    tokens_per_step = cfg.batch_size * cfg.context
+    start_step, t0 = st.step, time.perf_counter()
+    bar = tqdm(
+        total=total, initial=st.step, desc=plan.run.name, disable=not progress,
+        mininterval=1.0, leave=True, dynamic_ncols=True,
+    )  # fmt: skip
+    while st.step < total:
+        rows = chunks[batch_indices(plan.n_chunks, cfg.batch_size, plan.data_seed, st.step)]
+        x = torch.from_numpy(plant_copies(rows, st.step, plan.data_seed, cfg, copy_ids))
+        _update(st, x, lr_at(st.step, total, cfg), cfg)
+        if st.step in on_schedule:
+            _checkpoint(plan, st, probe, st.step)
+        elapsed = time.perf_counter() - t0
+        bar.update(1)
+        if st.step % 10 == 0:
+            rate = (st.step - start_step) * tokens_per_step / max(elapsed, 1e-9)
+            bar.set_postfix(loss=f"{np.mean(st.losses[-10:]):.3f}", tok_s=f"{rate:,.0f}")
+        if on_step is not None:
+            on_step(st.step)
+    bar.close()
+    return _finish(plan, st, start_step, time.perf_counter() - t0)
+
+
+def _initial_state(plan: _RunPlan) -> _TrainState:
+    """The model from its init seed and AdamW (no decay on biases, norms and `wpe`), resumed
+    from the run's state file when its fingerprint matches."""
+    cfg, corpus = plan.cfg, plan.corpus
+    spec = cfg.sizes[plan.run.size]
+    model = build_model(spec, corpus.vocab_size, corpus.eos_id, cfg, plan.init_seed)
     model.train()
     decay, no_decay = [], []
     for name, param in model.named_parameters():
@@ -639,121 +729,111 @@ def _train(
         lr=cfg.lr,
         betas=(cfg.beta1, cfg.beta2),
     )
-    step = 0
-    losses: list[float] = []
-    lrs: list[float] = []
-    probes: list[dict[str, float]] = []
-    resumed_from = None
-    if state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        if state["fingerprint"] == fingerprint:
+    st = _TrainState(model=model, optimizer=optimizer)
+    if plan.state_path.exists():
+        state = torch.load(plan.state_path, map_location="cpu", weights_only=True)
+        if state["fingerprint"] == plan.fingerprint:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
-            step = int(state["step"])
-            losses = [float(x) for x in state["losses"].tolist()]
-            lrs = [float(x) for x in state["lrs"].tolist()]
-            probes = json.loads(state["probes"])
-            resumed_from = step
-    chunks = corpus.train[: n_chunks * cfg.context].reshape(n_chunks, cfg.context)
-    eval_windows = torch.from_numpy(corpus.eval[: cfg.eval_windows])
-    probe_len = (cfg.context - 1) // 2
+            st.step = st.resumed_from = int(state["step"])
+            st.losses = [float(x) for x in state["losses"].tolist()]
+            st.lrs = [float(x) for x in state["lrs"].tolist()]
+            st.probes = json.loads(state["probes"])
+    return st
+
+
+def _probe_inputs(plan: _RunPlan) -> _ProbeInputs:
+    """Eval windows, and the tokens the induction probe may repeat: seen at least
+    `probe_min_count` times in training (and, for the all-ids probe, any seen token)."""
+    cfg, corpus = plan.cfg, plan.corpus
     counts = np.bincount(corpus.train, minlength=corpus.vocab_size)
     counts[corpus.eos_id] = -1  # never a probe token
-    probe_ids = np.flatnonzero(counts >= max(cfg.probe_min_count, 1))
-    all_ids = np.flatnonzero(counts >= 0)
-    copy_ids = np.setdiff1d(np.arange(corpus.vocab_size), [corpus.eos_id])
+    return _ProbeInputs(
+        eval_windows=torch.from_numpy(corpus.eval[: cfg.eval_windows]),
+        probe_len=(cfg.context - 1) // 2,
+        probe_ids=np.flatnonzero(counts >= max(cfg.probe_min_count, 1)),
+        all_ids=np.flatnonzero(counts >= 0),
+    )
 
-    def checkpoint(at: int) -> None:
-        """State first (resume point), then the snapshot, then the logs."""
-        nonlocal probes
-        if not probes or probes[-1]["step"] != at:
-            probe = induction_probe(model, probe_ids, corpus.eos_id, probe_len, cfg.probe_sequences)
-            every = induction_probe(model, all_ids, corpus.eos_id, probe_len, cfg.probe_sequences)
-            every = {f"all_ids_{k}": v for k, v in every.items()}
-            probes = [
-                *probes,
-                {"step": at, "eval_loss": eval_loss(model, eval_windows), **probe, **every},
-            ]
-        if at > 0:
-            # Saved through a handle: torch.save(path) embeds the (random) temp file name.
-            with atomic_path(state_path) as tmp, open(tmp, "wb") as handle:
-                torch.save(
-                    {
-                        "fingerprint": fingerprint,
-                        "step": at,
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "losses": torch.tensor(losses, dtype=torch.float64),
-                        "lrs": torch.tensor(lrs, dtype=torch.float64),
-                        "probes": json.dumps(probes),
-                    },
-                    handle,
-                )
-        if suite.revision(at) not in have:
-            _save_snapshot(model, cache, suite, run, at, corpus)
-        frame = pd.DataFrame({"step": np.arange(1, len(losses) + 1), "lr": lrs, "loss": losses})
-        write_parquet(loss_path, frame)
-        write_parquet(ckpt_path, pd.DataFrame(probes))
 
-    logs.mkdir(parents=True, exist_ok=True)
-    write_json(meta_path, {"fingerprint": fingerprint, "summary": {}})
-    if step in on_schedule:
-        checkpoint(step)
+def _update(st: _TrainState, x: torch.Tensor, lr: float, cfg: TrainConfig) -> None:
+    """One AdamW update on batch `x` at learning rate `lr` (gradients clipped)."""
+    for group in st.optimizer.param_groups:
+        group["lr"] = lr
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        loss = st.model(input_ids=x, labels=x).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(st.model.parameters(), cfg.grad_clip)
+    st.optimizer.step()
+    st.optimizer.zero_grad(set_to_none=True)
+    st.step += 1
+    st.losses.append(float(loss.detach()))
+    st.lrs.append(lr)
+
+
+def _checkpoint(plan: _RunPlan, st: _TrainState, probe: _ProbeInputs, at: int) -> None:
+    """Measure the checkpoint (once), then write the state first (the resume point), then
+    the snapshot, then the logs."""
+    cfg, corpus, model = plan.cfg, plan.corpus, st.model
+    if not st.probes or st.probes[-1]["step"] != at:
+        args = (corpus.eos_id, probe.probe_len, cfg.probe_sequences)
+        scores = induction_probe(model, probe.probe_ids, *args)
+        every = induction_probe(model, probe.all_ids, *args)
+        every = {f"all_ids_{k}": v for k, v in every.items()}
+        loss = eval_loss(model, probe.eval_windows)
+        st.probes = [*st.probes, {"step": at, "eval_loss": loss, **scores, **every}]
+    if at > 0:
+        # Saved through a handle: torch.save(path) embeds the (random) temp file name.
+        with atomic_path(plan.state_path) as tmp, open(tmp, "wb") as handle:
+            torch.save(
+                {
+                    "fingerprint": plan.fingerprint,
+                    "step": at,
+                    "model": model.state_dict(),
+                    "optimizer": st.optimizer.state_dict(),
+                    "losses": torch.tensor(st.losses, dtype=torch.float64),
+                    "lrs": torch.tensor(st.lrs, dtype=torch.float64),
+                    "probes": json.dumps(st.probes),
+                },
+                handle,
+            )
+    if plan.suite.revision(at) not in plan.have:
+        _save_snapshot(model, plan.cache, plan.suite, plan.run, at, corpus)
+    steps = np.arange(1, len(st.losses) + 1)
+    write_parquet(plan.loss_path, pd.DataFrame({"step": steps, "lr": st.lrs, "loss": st.losses}))
+    write_parquet(plan.ckpt_path, pd.DataFrame(st.probes))
+
+
+def _finish(plan: _RunPlan, st: _TrainState, start_step: int, wall: float) -> dict[str, Any]:
+    """The run's summary: written (what the weights determine) to its meta file, returned
+    whole (with timings and resume history)."""
+    cfg, corpus, run = plan.cfg, plan.corpus, plan.run
+    final = st.probes[-1]
     tokens_per_step = cfg.batch_size * cfg.context
-    start_step, t0 = step, time.perf_counter()
-    bar = tqdm(
-        total=total, initial=step, desc=run.name, disable=not progress, mininterval=1.0,
-        leave=True, dynamic_ncols=True,
-    )  # fmt: skip
-    while step < total:
-        rows = chunks[batch_indices(n_chunks, cfg.batch_size, data_seed, step)]
-        x = torch.from_numpy(plant_copies(rows, step, data_seed, cfg, copy_ids))
-        lr = lr_at(step, total, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            loss = model(input_ids=x, labels=x).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        losses.append(float(loss.detach()))
-        lrs.append(lr)
-        if step in on_schedule:
-            checkpoint(step)
-        elapsed = time.perf_counter() - t0
-        bar.update(1)
-        if step % 10 == 0:
-            rate = (step - start_step) * tokens_per_step / max(elapsed, 1e-9)
-            bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}", tok_s=f"{rate:,.0f}")
-        if on_step is not None:
-            on_step(step)
-    bar.close()
-    wall = time.perf_counter() - t0
-    final = probes[-1]
     summary = {
         "run": run.name,
         "repo_id": run.repo_id,
         "size": run.size,
         "seed": run.seed,
-        "init_seed": init_seed,
-        "data_seed": data_seed,
-        "steps": total,
-        "final_train_loss": float(np.mean(losses[-20:])) if losses else float("nan"),
+        "init_seed": plan.init_seed,
+        "data_seed": plan.data_seed,
+        "steps": plan.schedule[-1],
+        "final_train_loss": float(np.mean(st.losses[-20:])) if st.losses else float("nan"),
         "final_eval_loss": final["eval_loss"],
         "unigram_eval_loss": unigram_loss(corpus.train, corpus.eval[: cfg.eval_windows]),
         "final_ratio": final["ratio"],
         "final_induction_score": final["induction_score"],
         "final_induction_score_all_ids": final.get("all_ids_induction_score", float("nan")),
         "final_ratio_all_ids": final.get("all_ids_ratio", float("nan")),
-        "tokens_per_s": (step - start_step) * tokens_per_step / wall if step > start_step else 0,
+        "tokens_per_s": (st.step - start_step) * tokens_per_step / wall
+        if st.step > start_step
+        else 0,
         "wall_s": wall,
-        "resumed_from": resumed_from,
+        "resumed_from": st.resumed_from,
     }
     # Only what the weights determine is written: timings and resume history vary by run.
     stable = {k: v for k, v in summary.items() if k not in VOLATILE_SUMMARY_KEYS}
-    write_json(meta_path, {"fingerprint": fingerprint, "summary": stable})
+    write_json(plan.meta_path, {"fingerprint": plan.fingerprint, "summary": stable})
     return {**summary, "skipped": False}
 
 
