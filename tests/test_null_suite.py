@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -74,6 +75,19 @@ def _numbers(root, stage):
     return json.loads((root / "metrics" / f"{stage}.json").read_text())
 
 
+def test_the_stages_return_their_typed_results(twin_results):
+    from seedscope.stages.agreement import AgreementResult
+    from seedscope.stages.convergence import ConvergenceResult
+    from seedscope.stages.loss_pca import LossPcaResult
+
+    assert isinstance(twin_results["loss_correlation"], AgreementResult)
+    assert isinstance(twin_results["convergence"], ConvergenceResult)
+    assert isinstance(twin_results["convergence"].mid, AgreementResult)
+    assert twin_results["convergence"].final.outliers is None  # agreement tables only
+    assert isinstance(twin_results["loss_pca"], LossPcaResult)
+    assert "agreement_over_training" in twin_results["convergence"].figures
+
+
 def test_twins_really_are_copies(twin_results):
     lp = twin_results["logprobs"]
     np.testing.assert_array_equal(lp["small-x21"], lp["small-x21-twin"])
@@ -93,10 +107,10 @@ def test_no_seed_divergent_tokens_outliers_or_gaps(twin_results):
     corr = _numbers(twin_results["root"], "loss_correlation")
     assert corr["n_seed_divergent_tokens"]["value"] == 0
     assert "top_enriched_odds_ratio" not in corr
-    assert res["enrichment"].empty and len(res["outliers"]) == 0 and len(res["odd_one_out"]) == 0
+    assert res.enrichment.empty and len(res.outliers) == 0 and len(res.odd_one_out) == 0
     assert corr["material_gap_fraction"]["value"] == 0
     assert corr["material_size_gap_fraction"]["value"] > 0
-    assert res["n_size_divergent"] > 0 and not res["size_enrichment"].empty
+    assert res.n_size_divergent > 0 and not res.size_enrichment.empty
     assert twin_results["selection"]["divergent"].sum() == 0
 
 
@@ -106,7 +120,7 @@ def test_no_seed_gaps_to_close_but_size_gaps_reported(twin_results):
     assert "value" not in conv["fraction_gaps_closed"]
     assert conv["n_size_gaps_mid"]["value"] > 0
     assert conv["final_pearson_within_small"]["value"] == pytest.approx(1)
-    summary = twin_results["convergence"]["gap_summary"]
+    summary = twin_results["convergence"].gap_summary
     from seedscope.stages.convergence import convergence_sentence
 
     assert "nothing to close" in convergence_sentence(summary, 30, 60)
@@ -117,9 +131,9 @@ def test_no_seed_component_but_a_size_component(twin_results):
     pca = _numbers(twin_results["root"], "loss_pca")
     assert pca["n_seed_components"]["value"] == 0
     assert pca["seed_variance_share"]["value"] == 0
-    assert all("no structure beyond noise" in d for d in res["seed_descriptions"])
-    assert any("small vs medium" in d or "medium vs small" in d for d in res["descriptions"])
-    assert res["stability"].empty
+    assert all("no structure beyond noise" in d for d in res.seed_descriptions)
+    assert any("small vs medium" in d or "medium vs small" in d for d in res.descriptions)
+    assert res.stability.empty
 
 
 def test_no_nan_or_inf_anywhere_in_metrics(twin_results):
@@ -172,13 +186,15 @@ def twin_induction(smoke_project, tmp_path_factory):
         sweep = {**params["token_losses"], "steps": ["final", "mid"]}
         induction = {**params["induction"], **small}
         stage_function("token_losses")(params["suite"], sweep, induction=induction)
-        out = stage_function("induction")(params["suite"], induction)
-    out["root"] = root
-    return out
+        res = stage_function("induction")(params["suite"], induction)
+    return SimpleNamespace(res=res, root=root)
 
 
 def test_twins_have_identical_induction_onsets(twin_induction):
-    changes = twin_induction["changes"].set_index("run")
+    from seedscope.stages.induction import InductionResult
+
+    assert isinstance(twin_induction.res, InductionResult)
+    changes = twin_induction.res.changes.set_index("run")
     columns = ["fitted_step", "onset", "end", "step", "icl_step", "bump_step"]
     columns = [c for c in columns if c in changes.columns]
     assert len(changes) == 2 and {"fitted_step", "onset"} <= set(columns)
@@ -191,10 +207,10 @@ def test_twins_have_identical_induction_onsets(twin_induction):
 
 
 def test_twin_induction_headlines_are_finite(twin_induction):
-    text = (twin_induction["root"] / "metrics" / "induction.json").read_text()
+    text = (twin_induction.root / "metrics" / "induction.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
 
 
 def test_twin_induction_details_are_finite(twin_induction):
-    text = (twin_induction["root"] / "metrics" / "details" / "induction.json").read_text()
+    text = (twin_induction.root / "metrics" / "details" / "induction.json").read_text()
     assert "NaN" not in text and "Infinity" not in text

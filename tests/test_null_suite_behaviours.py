@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -37,28 +38,30 @@ def twin_behaviours(smoke_project, tmp_path_factory):
         stage_function("suites")(params["suite"])
         sweep = {**params["token_losses"], "steps": ["final", "mid"]}
         stage_function("token_losses")(params["suite"], sweep, behaviours=params["behaviours"])
-        out = stage_function("behaviours")(params["suite"], params["behaviours"])
-    out["root"] = root
-    return out
+        res = stage_function("behaviours")(params["suite"], params["behaviours"])
+    return SimpleNamespace(res=res, root=root)
 
 
 def test_twins_emerge_at_the_same_step(twin_behaviours):
-    em = twin_behaviours["emergence"]
+    from seedscope.stages.behaviours import BehavioursResult
+
+    assert isinstance(twin_behaviours.res, BehavioursResult)
+    em = twin_behaviours.res.emergence
     for (behaviour, size), part in em.groupby(["behaviour", "size"]):
         steps = part["emergence_step"].fillna(-1)
         assert steps.nunique() == 1, (behaviour, size)
         assert part["emerged"].nunique() == 1
-    summary = twin_behaviours["spread"]
+    summary = twin_behaviours.res.spread
     done = summary[summary["n_emerged"] > 0]
     assert (done["range"] == 0).all() and (done["sd"] == 0).all()
     assert set(summary["emerged"]) <= {"0/2 runs", "2/2 runs"}
 
 
 def test_twins_have_zero_seed_spread_and_no_nan(twin_behaviours):
-    final = twin_behaviours["final"]
+    final = twin_behaviours.res.final
     assert (final["seed_sd"] == 0).all() and (final["run_min"] == final["run_max"]).all()
     assert np.isfinite(final.select_dtypes("number").to_numpy()).all()
-    mid_final = twin_behaviours["mid_vs_final"]
+    mid_final = twin_behaviours.res.mid_vs_final
     assert len(mid_final) == 2 * mid_final["behaviour"].nunique()  # both sizes
     spread_cols = ["sd_mid", "sd_final", "sd_change", "sd_change_low", "sd_change_high"]
     assert (mid_final[spread_cols] == 0).all().all()
@@ -68,18 +71,18 @@ def test_twins_have_zero_seed_spread_and_no_nan(twin_behaviours):
         columns=["detectable_ratio", "detectable_change"]
     )
     assert np.isfinite(numeric.to_numpy()).all()
-    assert "cannot exclude 0" in twin_behaviours["sentences"]["mid_vs_final"]
-    numbers = json.loads((twin_behaviours["root"] / "metrics" / "behaviours.json").read_text())
+    assert "cannot exclude 0" in twin_behaviours.res.sentences["mid_vs_final"]
+    numbers = json.loads((twin_behaviours.root / "metrics" / "behaviours.json").read_text())
     assert numbers["final_score_seed_sd"] == {"value": 0.0, "ci_low": 0.0, "ci_high": 0.0}
     for path in ("behaviours.json", "details/behaviours.json"):
-        text = (twin_behaviours["root"] / "metrics" / path).read_text()
+        text = (twin_behaviours.root / "metrics" / path).read_text()
         assert "NaN" not in text and "Infinity" not in text, path
     for entry in numbers.values():
         assert all(math.isfinite(v) for v in entry.values())
 
 
 def test_twins_sizes_still_scored_apart(twin_behaviours):
-    final = twin_behaviours["final"].query("metric == 'score'")
+    final = twin_behaviours.res.final.query("metric == 'score'")
     assert set(final["size"]) == {"small", "medium"}
     wide = final.pivot_table(index="behaviour", columns="size", values="value")
     assert (wide["small"] != wide["medium"]).any()  # two different models per size

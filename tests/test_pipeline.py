@@ -49,6 +49,60 @@ def test_every_stage_has_its_notebook_glue_module_and_one_number():
     ]
 
 
+def test_every_notebook_opens_with_what_backs_it_and_every_name_resolves():
+    """The first cell (the question) ends with a "Backed by" paragraph naming the code the
+    notebook runs (its glue module `seedscope.stages.<name>` among them) and the tests behind
+    it. Every module named exists, every test file exists and imports one of the named
+    modules or runs this stage itself (`stage_function` and the stage's name): a rename
+    cannot leave it stale."""
+    import importlib.util
+
+    for name, stage in STAGES.items():
+        nb, _ = _code(ROOT / "notebooks" / f"{stage.notebook}.ipynb")
+        first = "".join(nb["cells"][0]["source"])
+        paragraphs = [p for p in first.split("\n\n") if p.startswith("**Backed by**")]
+        assert len(paragraphs) == 1, f"{name}: no 'Backed by' paragraph in the first cell"
+        named = re.findall(r"`([^`]+)`", paragraphs[0])
+        modules = [n for n in named if n.startswith("seedscope.")]
+        tests = [n for n in named if n.startswith("tests/")]
+        assert f"seedscope.stages.{name}" in modules and tests, name
+        for module in modules:
+            assert importlib.util.find_spec(module) is not None, (name, module)
+        science = [m for m in modules if not m.startswith("seedscope.stages.")]
+        assert science, name
+        for test in tests:
+            text = (ROOT / test).read_text()
+            imports = [
+                rf"\b{re.escape(m)}\b|\b{re.escape(m.rsplit('.', 1)[0])} import [^\n]*"
+                rf"\b{m.rsplit('.', 1)[1]}\b"
+                for m in science
+            ]
+            runs_stage = "stage_function(" in text and f'"{name}"' in text
+            assert any(re.search(i, text) for i in imports) or runs_stage, (name, test)
+
+
+def test_every_computing_stage_returns_a_typed_frozen_result_with_named_figures():
+    """Each stage that computes (all but `suites`, whose result is the manifest it writes,
+    and `report`, the page) declares a frozen, keyword-only `StageResult` subclass as its
+    return type, so a notebook reads `res.figures["name"]` and `res.<table>`, never a key or
+    a position (the null-suite tests check that the running stages return one)."""
+    import dataclasses
+    import typing
+
+    from seedscope.stages.common import StageResult
+
+    for name in STAGES:
+        if name in ("suites", "report"):
+            continue
+        hint = typing.get_type_hints(stage_function(name))["return"]
+        assert isinstance(hint, type) and issubclass(hint, StageResult), (name, hint)
+        assert hint.__dataclass_params__.frozen, name
+        fields = {f.name: f for f in dataclasses.fields(hint)}
+        assert {"figures", "metrics"} <= set(fields), name
+        assert len(fields) > 2, f"{name}: a result with no tables of its own"
+        assert all(f.kw_only for f in fields.values()), f"{name}: construct by keyword only"
+
+
 def test_every_stage_is_in_dvc_yaml_with_the_same_params_and_its_notebook():
     assert list(DVC) == list(STAGES)
     for name, stage in STAGES.items():

@@ -14,6 +14,7 @@ import pandas as pd
 from seedscope.core.config import ResolvedSuite
 from seedscope.core.paths import results_dir
 from seedscope.stages.common import (
+    StageResult,
     corpus_decoder,
     load_eval_data,
     meta_columns,
@@ -98,6 +99,28 @@ def odd_one_out_within_size(
     return pd.concat(frames, ignore_index=True)
 
 
+@dataclass(frozen=True, kw_only=True)
+class AgreementResult(StageResult):
+    """Analysis 1 at one step (stage 1 at the final step, stage 2 at mid and final). A table
+    is None where it was not computed (`agreement_only`; size tables for a one-size suite)."""
+
+    step: int
+    agreement: pd.DataFrame  # every pair: Pearson, Spearman, mean / sd of differences, CIs
+    seed_agreement: pd.DataFrame  # per pair group (within each size, across): Multi-Bootstrap
+    groups: dict[str, dict[str, Any]]  # pair group -> its Pearson row
+    enrichment: pd.DataFrame | None = None  # what seed-divergent tokens share
+    enrichment_headline: dict[str, Any] | None = None  # its most reliable category, or None
+    n_seed_divergent: int | None = None
+    n_seed_runs: int | None = None
+    size_enrichment: pd.DataFrame | None = None  # the same for size-divergent tokens
+    n_size_divergent: int | None = None
+    gaps: pd.DataFrame | None = None  # capability gaps between seeds of one size
+    size_gaps: pd.DataFrame | None = None  # ... and between sizes
+    outliers: pd.DataFrame | None = None  # seed-pair outliers with context and top-k
+    odd_one_out: pd.DataFrame | None = None  # tokens one seed gets wrong alone
+    config: Any = None
+
+
 def agreement_analysis(
     stage: str,
     resolved: ResolvedSuite,
@@ -105,7 +128,7 @@ def agreement_analysis(
     cfg: Any,
     with_outliers: bool = True,
     agreement_only: bool = False,
-) -> dict[str, Any]:
+) -> AgreementResult:
     """Analysis 1 at one step: agreement, outliers with context, enrichment, capability gaps
     (`agreement_only`: the agreement tables alone).
 
@@ -116,7 +139,7 @@ def agreement_analysis(
     result = _compute_agreement(data, cfg, step)
     if agreement_only:
         _save_step_tables(stage, step, result)
-        return result
+        return AgreementResult(**result, config=cfg)
     result.update(_compute_divergent_tokens(data, cfg))
     result.update(_compute_capability_gaps(data, resolved, cfg))
     _save_step_tables(stage, step, result)
@@ -125,7 +148,7 @@ def agreement_analysis(
         outliers = _compute_outliers(data, resolved, step, cfg)
         result.update(outliers)
         _save_outlier_tables(stage, step, outliers)
-    return result
+    return AgreementResult(**result, config=cfg)
 
 
 @dataclass(frozen=True)

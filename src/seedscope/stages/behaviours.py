@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 
 from seedscope.stages.common import (
+    StageResult,
     behaviour_probe,
     fresh_outputs,
     json_records,
@@ -36,7 +37,24 @@ class _BehaviourResults:
     scoring: pd.DataFrame
 
 
-def behaviours_stage(suite: dict[str, Any], behaviours: dict[str, Any]):
+@dataclass(frozen=True, kw_only=True)
+class BehavioursResult(StageResult):
+    """Analysis 4: the battery's scores over runs x checkpoints, emergence steps and their
+    spread between seeds, the final scores, and the sentences that state the findings."""
+
+    dropped: dict[str, int]  # behaviour -> items dropped: prompt + longest option > context
+    items: Any  # the whole battery (dropped items included)
+    table: pd.DataFrame  # score per (run, checkpoint, behaviour)
+    emergence: pd.DataFrame  # per (run, behaviour): the step it emerged, if it did
+    spread: pd.DataFrame  # per behaviour: spread of emergence steps between seeds
+    final: pd.DataFrame  # final scores, seed spread and size difference (with CIs)
+    final_summary: dict[str, Any]
+    scoring: pd.DataFrame  # how much the scoring rule changes the final scores
+    sentences: dict[str, str]  # final, emergence, mid_vs_final, scoring
+    mid_vs_final: pd.DataFrame  # behaviours present at mid in one run and not another
+
+
+def behaviours_stage(suite: dict[str, Any], behaviours: dict[str, Any]) -> BehavioursResult:
     """Stage `behaviours` (analysis 4): the battery over every run x checkpoint."""
     resolved = resolve_suite(suite)
     cfg = stage_config("behaviours", behaviours)
@@ -49,20 +67,20 @@ def behaviours_stage(suite: dict[str, Any], behaviours: dict[str, Any]):
     _save_behaviour_tables(out, items, item_scores, r)
     figures = _register_behaviour_figures(r, resolved, cfg)
     metrics = _write_behaviour_metrics(r, dropped, resolved, steps, cfg)
-    return {
-        "dropped": dropped,
-        "items": items,
-        "table": r.table,
-        "emergence": r.emergence,
-        "spread": r.spread,
-        "final": pd.concat([r.final, r.final_accuracy], ignore_index=True),
-        "final_summary": r.final_summary,
-        "scoring": r.scoring,
-        "sentences": _behaviour_sentences(r, item_scores, cfg),
-        "mid_vs_final": r.mid_final,
-        "figures": figures,
-        "metrics": metrics,
-    }
+    return BehavioursResult(
+        dropped=dropped,
+        items=items,
+        table=r.table,
+        emergence=r.emergence,
+        spread=r.spread,
+        final=pd.concat([r.final, r.final_accuracy], ignore_index=True),
+        final_summary=r.final_summary,
+        scoring=r.scoring,
+        sentences=_behaviour_sentences(r, item_scores, cfg),
+        mid_vs_final=r.mid_final,
+        figures=figures,
+        metrics=metrics,
+    )
 
 
 def _load_probe_scores(resolved: Any, probe: Any, steps: list[int]):

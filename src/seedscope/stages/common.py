@@ -1,6 +1,7 @@
-"""What every stage's glue shares: the resolved suite, validated params sections, fresh output
-folders, run labels and sizes, provenance, the eval tokens, step resolution, the probes the
-sweep measures, and `register_figure` (a figure saved with the function that drew it).
+"""What every stage's glue shares: the typed result a stage returns (`StageResult`), the
+resolved suite, validated params sections, fresh output folders, run labels and sizes,
+provenance, the eval tokens, step resolution, the probes the sweep measures, and
+`register_figure` (a figure saved with the function that drew it).
 
 The closure of code deps (`seedscope.pipeline.codedeps`) counts this module by function:
 a stage depends only on the helpers it calls.
@@ -9,6 +10,7 @@ a stage depends only on the helpers it calls.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -18,6 +20,17 @@ from seedscope.core.io import read_json
 from seedscope.core.paths import results_dir
 from seedscope.core.provenance import provenance
 from seedscope.core.steps import resolve_steps
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageResult:
+    """What a stage function hands its notebook: its figures by name (`figures["scatter_grid_
+    small_step608"]` -> the PNG `register_figure` saved) and its headline metrics (as written
+    to metrics/<stage>.json). Each stage's result class adds its own typed tables and values
+    (`AgreementResult`, `LossPcaResult`, ...), defined beside its stage function."""
+
+    figures: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
 
 
 def resolve_suite(suite: dict[str, Any]) -> ResolvedSuite:

@@ -6,18 +6,21 @@ lost p-value); agreement over every checkpoint of the token subset. Science:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
 from seedscope.core.config import ResolvedSuite
 from seedscope.stages.agreement import (
+    AgreementResult,
     across_size_pairs,
     agreement_analysis,
     check_topk,
     within_size_pairs,
 )
 from seedscope.stages.common import (
+    StageResult,
     fresh_outputs,
     load_eval_data,
     meta_columns,
@@ -48,7 +51,21 @@ def subset_logprobs_by_step(resolved: ResolvedSuite) -> dict[int, dict[str, Any]
     return {s: v for s, v in by_step.items() if len(v) == len(resolved.run_names)}
 
 
-def convergence_stage(suite: dict[str, Any], convergence: dict[str, Any]):
+@dataclass(frozen=True, kw_only=True)
+class ConvergenceResult(StageResult):
+    """Analysis 2: agreement at mid and final, mid-training gaps and what became of them."""
+
+    config: Any
+    mid: AgreementResult  # analysis 1 at the mid step (figures, outliers, enrichment, gaps)
+    final: AgreementResult  # agreement tables alone at the final step
+    gap_table: pd.DataFrame  # per (seed pair, category): mid gap, final gap, verdict
+    gap_summary: dict[str, Any]  # counts closed / shrank / persisted / grew, fraction closed
+    size_gap_table: pd.DataFrame  # the same for pairs of different sizes (empty: one size)
+    size_gap_summary: dict[str, Any] | None
+    over_training: pd.DataFrame  # pairwise agreement at every checkpoint (token subset)
+
+
+def convergence_stage(suite: dict[str, Any], convergence: dict[str, Any]) -> ConvergenceResult:
     """Stage `convergence` (analysis 2): agreement at mid; do mid-training gaps close?
 
     Seed gaps (pairs of one size) answer the question; gaps between sizes are reported
@@ -69,15 +86,15 @@ def convergence_stage(suite: dict[str, Any], convergence: dict[str, Any]):
     fig = _register_over_training_figure(over, resolved)
     plot = _write_over_training_plot(over)
     metrics = _write_convergence_metrics(resolved, cfg, mid, final, changes, plot)
-    return {
-        "config": cfg,
-        "mid": mid,
-        "final": final,
+    return ConvergenceResult(
+        config=cfg,
+        mid=mid,
+        final=final,
         **changes,
-        "over_training": over,
-        "figure": fig,
-        "metrics": metrics,
-    }
+        over_training=over,
+        figures={"agreement_over_training": fig},
+        metrics=metrics,
+    )
 
 
 def _load_mid_and_final(resolved: ResolvedSuite) -> tuple[pd.DataFrame, Any, Any]:
@@ -177,8 +194,8 @@ def _write_over_training_plot(over: pd.DataFrame) -> pd.DataFrame:
 def _write_convergence_metrics(
     resolved: ResolvedSuite,
     cfg: Any,
-    mid: dict[str, Any],
-    final: dict[str, Any],
+    mid: AgreementResult,
+    final: AgreementResult,
     changes: dict[str, Any],
     plot: pd.DataFrame,
 ) -> dict[str, Any]:
@@ -204,7 +221,7 @@ def _write_convergence_metrics(
 
 
 def _agreement_headlines(
-    resolved: ResolvedSuite, cfg: Any, mid: dict[str, Any], final: dict[str, Any]
+    resolved: ResolvedSuite, cfg: Any, mid: AgreementResult, final: AgreementResult
 ) -> dict[str, Any]:
     """Headlines: mean Pearson r of each pair group at the mid and final steps."""
     from seedscope.core.metrics import headline
@@ -215,7 +232,7 @@ def _agreement_headlines(
         ("mid", mid, resolved.mid_step),
         ("final", final, resolved.final_step),
     ):
-        for name, g in res["groups"].items():
+        for name, g in res.groups.items():
             heads[f"{when}_pearson_" + name.replace(" ", "_")] = headline(
                 g["value"],
                 f"mean Pearson r, pairs {name}, at {when} step {step} ({level} Multi-Bootstrap "
@@ -279,16 +296,16 @@ def _trajectory_headlines(plot: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def agreement_summary(res: dict[str, Any]) -> pd.DataFrame:
+def agreement_summary(res: ConvergenceResult) -> pd.DataFrame:
     """Mean pairwise Pearson r per pair group at mid-training and at the end, with the
     Multi-Bootstrap CI (seeds and windows), the t-interval over runs and the pair range."""
     rows = []
-    for when in ("mid", "final"):
-        table = res[when]["seed_agreement"]
+    for when, at in (("mid", res.mid), ("final", res.final)):
+        table = at.seed_agreement
         for row in table[table["method"] == "pearson"].to_dict("records"):
             rows.append(
                 {
-                    "checkpoint": f"{when} (step {res[when]['step']})",
+                    "checkpoint": f"{when} (step {at.step})",
                     "pairs": row["group"],
                     "mean Pearson r": row["value"],
                     "ci_low": row["ci_low"],

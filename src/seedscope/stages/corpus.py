@@ -4,16 +4,26 @@ metadata; summarise the planted tags. Science: `seedscope.data.corpus`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
 from seedscope.core.config import params_hash
 from seedscope.core.provenance import provenance
-from seedscope.stages.common import load_eval_data, stage_config
+from seedscope.stages.common import StageResult, load_eval_data, stage_config
 
 
-def corpus_stage(corpus: dict[str, Any]) -> dict[str, Any]:
+@dataclass(frozen=True, kw_only=True)
+class CorpusResult(StageResult):
+    """Stage 0b: what was built (token counts per split) and the eval tokens' metadata."""
+
+    config: Any
+    stats: dict[str, Any]  # per split (train, eval): token counts and the corpus facts
+    meta: pd.DataFrame  # per eval token: window, position, tag, language, token class...
+
+
+def corpus_stage(corpus: dict[str, Any]) -> CorpusResult:
     """Stage `corpus`: build the eval (and, for the mini-suite, train) tokens and metadata."""
     from seedscope.core.metrics import headline, write_metrics
     from seedscope.core.paths import corpus_dir
@@ -32,7 +42,7 @@ def corpus_stage(corpus: dict[str, Any]) -> dict[str, Any]:
         details={"stats": stats},
         provenance=provenance(stage="corpus", params_hash=params_hash(cfg)),
     )
-    return {"stats": stats, "meta": meta, "metrics": metrics, "config": cfg}
+    return CorpusResult(config=cfg, stats=stats, meta=meta, metrics=metrics)
 
 
 def tag_summary(meta: pd.DataFrame) -> pd.DataFrame:

@@ -13,6 +13,7 @@ import pandas as pd
 
 from seedscope.core.config import ResolvedSuite
 from seedscope.stages.common import (
+    StageResult,
     fresh_outputs,
     induction_probe,
     resolve_suite,
@@ -70,26 +71,42 @@ class _Computed:
     comparison: dict[str, Any] | None
 
 
-def induction_stage(suite: dict[str, Any], induction: dict[str, Any]):
+@dataclass(frozen=True, kw_only=True)
+class InductionResult(StageResult):
+    """Analysis 6: head scores over training, each run's phase change (or none), and how the
+    changes vary across seeds and sizes and line up with the ICL score and the loss bump."""
+
+    config: Any
+    curves: pd.DataFrame  # per (run, checkpoint): best head score, copy-loss ratio, ICL score
+    heads: pd.DataFrame  # per (run, checkpoint, head): induction score
+    changes: pd.DataFrame  # per run: phase change (onset, midpoint, end, CI) or none; formed?
+    summary: pd.DataFrame  # midpoints by size, over the runs where a head formed
+    comparison: dict[str, Any] | None  # first vs last size; None unless 2+ sizes formed heads
+    lags: pd.DataFrame  # per run: induction jump vs ICL jump and loss bump, in log-steps
+    coincidence: dict[str, Any]  # do they go together more than in mismatched seeds?
+    icl_bands: Any  # the ICL score's (early, late) loss columns
+
+
+def induction_stage(suite: dict[str, Any], induction: dict[str, Any]) -> InductionResult:
     """Stage `induction` (analysis 6): head scores over training and the phase change."""
     inputs = _load_inputs(suite, induction)
     computed = _compute(inputs)
     _save_tables(inputs.out, computed)
     figs = _register_figures(inputs.resolved, computed)
     metrics = _write_stage_metrics(inputs, computed)
-    return {
-        "curves": computed.curves,
-        "heads": computed.head_table,
-        "changes": computed.change_table,
-        "summary": computed.summary,
-        "comparison": computed.comparison,
-        "lags": computed.lags,
-        "coincidence": computed.coincidence,
-        "icl_bands": inputs.bands,
-        "config": inputs.cfg,
-        "figures": figs,
-        "metrics": metrics,
-    }
+    return InductionResult(
+        config=inputs.cfg,
+        curves=computed.curves,
+        heads=computed.head_table,
+        changes=computed.change_table,
+        summary=computed.summary,
+        comparison=computed.comparison,
+        lags=computed.lags,
+        coincidence=computed.coincidence,
+        icl_bands=inputs.bands,
+        figures=figs,
+        metrics=metrics,
+    )
 
 
 def _load_inputs(suite: dict[str, Any], induction: dict[str, Any]) -> _Inputs:

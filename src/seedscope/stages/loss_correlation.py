@@ -4,11 +4,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pandas as pd
 
-from seedscope.stages.agreement import agreement_analysis, check_topk
+from seedscope.stages.agreement import AgreementResult, agreement_analysis, check_topk
 from seedscope.stages.common import (
     fresh_outputs,
     json_records,
@@ -65,17 +66,17 @@ def agreement_sentence(seed_agreement: pd.DataFrame, ci: float = 0.95) -> str:
     return sentence
 
 
-def enrichment_sentence(res: dict[str, Any], cfg: Any) -> str:
+def enrichment_sentence(res: AgreementResult, cfg: Any) -> str:
     """The enrichment finding in words: how many seed-divergent tokens, and the headline
     category (largest lower CI bound of the difficulty-stratified odds ratio among
     BH-significant categories with enough tokens), or that none qualifies."""
-    n = res["n_seed_divergent"]
+    n = res.n_seed_divergent
     if n == 0:
         return (
             f"No token differs between seeds of one size by more than {cfg.divergence_floor} "
             "nats: there are no seed-divergent tokens to characterise."
         )
-    head = res["enrichment_headline"]
+    head = res.enrichment_headline
     level = f"{1 - cfg.alpha:.0%}"
     lead = (
         f"The {n:,} most seed-divergent tokens (top {cfg.outlier_fraction:.1%} by the spread "
@@ -93,12 +94,14 @@ def enrichment_sentence(res: dict[str, Any], cfg: Any) -> str:
         f"{head['mh_high']:.2f}; unstratified {head['odds_ratio']:.2f}, "
         f"{head['ci_low']:.2f}–{head['ci_high']:.2f}; BH-adjusted p = "
         f"{head['p_adjusted']:.2g}). The CI resamples eval windows with the selection of "
-        f"divergent tokens held fixed: it is conditional on these {res['n_seed_runs']} seeds; "
+        f"divergent tokens held fixed: it is conditional on these {res.n_seed_runs} seeds; "
         "other seeds would select other tokens."
     )
 
 
-def loss_correlation_stage(suite: dict[str, Any], loss_correlation: dict[str, Any]):
+def loss_correlation_stage(
+    suite: dict[str, Any], loss_correlation: dict[str, Any]
+) -> AgreementResult:
     """Stage `loss_correlation` (analysis 1) on the final checkpoint."""
     from seedscope.core.metrics import write_metrics
 
@@ -107,28 +110,31 @@ def loss_correlation_stage(suite: dict[str, Any], loss_correlation: dict[str, An
     check_topk(resolved, resolved.final_step, cfg.top_k, "loss_correlation")
     fresh_outputs("loss_correlation")
     res = agreement_analysis("loss_correlation", resolved, resolved.final_step, cfg)
-    res["metrics"] = write_metrics(
+    metrics = write_metrics(
         "loss_correlation",
         _loss_correlation_headlines(res, cfg),
         details={
-            "seed_agreement": json_records(res["seed_agreement"]),
-            "top_enriched": json_records(res["enrichment"].head(10)),
-            "top_size_enriched": json_records(res.get("size_enrichment", pd.DataFrame()).head(10)),
+            "seed_agreement": json_records(res.seed_agreement),
+            "top_enriched": json_records(res.enrichment.head(10)),
+            "top_size_enriched": json_records(_head(res.size_enrichment, 10)),
         },
         provenance=stage_provenance("loss_correlation", resolved, [resolved.final_step], cfg),
     )
-    res["config"] = cfg
-    return res
+    return replace(res, metrics=metrics)
 
 
-def _loss_correlation_headlines(res: dict[str, Any], cfg: Any) -> dict[str, Any]:
+def _head(table: pd.DataFrame | None, n: int) -> pd.DataFrame | None:
+    return None if table is None else table.head(n)
+
+
+def _loss_correlation_headlines(res: AgreementResult, cfg: Any) -> dict[str, Any]:
     """Headlines: agreement per pair group, seed-divergent tokens, enrichment, material gaps."""
     from seedscope.analyses import compare
     from seedscope.core.metrics import headline
 
     heads = {}
     level = f"{1 - cfg.alpha:.0%}"
-    for row in res["seed_agreement"].to_dict("records"):
+    for row in res.seed_agreement.to_dict("records"):
         if row["method"] != "pearson" and row["group"] != "within sizes":
             continue
         key = f"{row['method']}_" + row["group"].replace(" ", "_")
@@ -139,11 +145,11 @@ def _loss_correlation_headlines(res: dict[str, Any], cfg: Any) -> dict[str, Any]
             (row["ci_low"], row["ci_high"]),
         )
     heads["n_seed_divergent_tokens"] = headline(
-        res["n_seed_divergent"],
+        res.n_seed_divergent,
         f"tokens whose seeds (same size) differ by more than {cfg.divergence_floor} nats, top "
         f"{cfg.outlier_fraction:.1%}",
     )
-    top = res["enrichment_headline"]
+    top = res.enrichment_headline
     if top is not None:
         heads["top_enriched_odds_ratio"] = headline(
             top["mh_odds_ratio"],
@@ -152,15 +158,15 @@ def _loss_correlation_headlines(res: dict[str, Any], cfg: Any) -> dict[str, Any]
             f"{cfg.enrichment_min_tokens} tokens, BH-significant)",
             (top["mh_low"], top["mh_high"]),
         )
-    gaps = res["gaps"]
+    gaps = res.gaps
     heads["material_gap_fraction"] = headline(
         compare.material_gap_fraction(gaps, cfg.margin),
         f"fraction of (within-size pair, category) gaps at the final step that are material: "
         f"CI ({level}) entirely outside +-{cfg.margin} nats (significance alone measures power)",
     )
-    if "size_gaps" in res:
+    if res.size_gaps is not None:
         heads["material_size_gap_fraction"] = headline(
-            compare.material_gap_fraction(res["size_gaps"], cfg.margin),
+            compare.material_gap_fraction(res.size_gaps, cfg.margin),
             f"fraction of (cross-size pair, category) gaps at the final step that are "
             f"material: CI ({level}) entirely outside +-{cfg.margin} nats: size effects",
         )

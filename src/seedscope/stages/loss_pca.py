@@ -5,10 +5,15 @@ component tested against a permutation null before it is described. Science:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+import pandas as pd
+
+from seedscope.analyses.pca import PCAResult
 from seedscope.core.config import ResolvedSuite
 from seedscope.stages.common import (
+    StageResult,
     corpus_decoder,
     fresh_outputs,
     json_records,
@@ -23,7 +28,25 @@ from seedscope.stages.common import (
 )
 
 
-def loss_pca_stage(suite: dict[str, Any], loss_pca: dict[str, Any]):
+@dataclass(frozen=True, kw_only=True)
+class LossPcaResult(StageResult):
+    """Analysis 3: the raw view (shared difficulty, size) and the seed view (centred within
+    size), each component tested before it is described; the runs x checkpoints view."""
+
+    result: PCAResult  # the raw view's fit (loadings, scores)
+    variance: pd.DataFrame  # explained variance per component, window-bootstrap CI
+    predictors: pd.DataFrame  # best metadata predictors of each component's scores
+    descriptions: list[str]  # the raw view's components in words (tested first)
+    raw_tests: pd.DataFrame  # parallel analysis of the raw view
+    seed_tests: pd.DataFrame  # ... of the seed view
+    seed_descriptions: list[str]
+    n_seed_components: int  # seed components that beat the null and spread enough
+    stability: pd.DataFrame  # leave-one-seed-out and bootstrap subspace angles
+    descriptions_checkpoints: list[str]
+    extremes: pd.DataFrame  # each component's extreme tokens, with context
+
+
+def loss_pca_stage(suite: dict[str, Any], loss_pca: dict[str, Any]) -> LossPcaResult:
     """Stage `loss_pca` (analysis 3): PCA of per-token losses across runs (and checkpoints).
 
     Two views: the raw matrix (shared difficulty, size) and the matrix centred within size
@@ -41,21 +64,21 @@ def loss_pca_stage(suite: dict[str, Any], loss_pca: dict[str, Any]):
     _save_tables(out, raw, seed, ckpt)
     figures = _register_figures(resolved, cfg, k, meta, raw, seed, ckpt)
     metrics = _write_loss_pca_metrics(resolved, cfg, raw, seed, ckpt)
-    return {
-        "result": raw["result"],
-        "variance": raw["variance"],
-        "predictors": raw["predictors"],
-        "descriptions": raw["descriptions"],
-        "raw_tests": raw["tests"],
-        "seed_tests": seed["tests"],
-        "seed_descriptions": seed["lines"],
-        "n_seed_components": seed["n"],
-        "stability": seed["stability"],
-        "descriptions_checkpoints": ckpt["descriptions"],
-        "extremes": raw["extremes"],
-        "figures": figures,
-        "metrics": metrics,
-    }
+    return LossPcaResult(
+        result=raw["result"],
+        variance=raw["variance"],
+        predictors=raw["predictors"],
+        descriptions=raw["descriptions"],
+        raw_tests=raw["tests"],
+        seed_tests=seed["tests"],
+        seed_descriptions=seed["lines"],
+        n_seed_components=seed["n"],
+        stability=seed["stability"],
+        descriptions_checkpoints=ckpt["descriptions"],
+        extremes=raw["extremes"],
+        figures=figures,
+        metrics=metrics,
+    )
 
 
 def _load_losses(resolved: ResolvedSuite) -> tuple[Any, Any, Any, Any]:
@@ -325,21 +348,21 @@ def _stability_summary(stability: Any) -> Any:
     )
 
 
-def pca_sentence(res: dict[str, Any]) -> str:
+def pca_sentence(res: LossPcaResult) -> str:
     """The seed finding of analysis 3 in words, from the tests (never typed)."""
-    n = res["n_seed_components"]
-    share = res["metrics"]["headline"]["seed_variance_share"]["value"] or 0.0
+    n = res.n_seed_components
+    share = res.metrics["headline"]["seed_variance_share"]["value"] or 0.0
     lead = f"Between seeds of one size lies {share:.2%} of the per-token loss variance. "
     if n == 0:
         return lead + (
             "No component of it stands out from noise (parallel analysis against runs "
             "exchangeable per token): no structure beyond noise among the seeds."
         )
-    stab = res["stability"]
+    stab = res.stability
     text = (
         lead
         + f"{n} seed component(s) beat the permutation null: "
-        + "; ".join(res["seed_descriptions"][:n])
+        + "; ".join(res.seed_descriptions[:n])
     )
     if len(stab):
         parts = [

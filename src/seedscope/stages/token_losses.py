@@ -5,6 +5,7 @@ Engine and sweep: `seedscope.logprobs`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -12,6 +13,7 @@ import pandas as pd
 from seedscope.core.config import ResolvedSuite
 from seedscope.core.paths import results_dir
 from seedscope.stages.common import (
+    StageResult,
     behaviour_probe,
     induction_probe,
     resolve_suite,
@@ -55,12 +57,20 @@ def clear_other_suites(resolved: ResolvedSuite) -> list[str]:
     return removed
 
 
+@dataclass(frozen=True, kw_only=True)
+class TokenLossesResult(StageResult):
+    """Stage 0d: the sweep's units and every run's mean loss per evaluated step."""
+
+    units: pd.DataFrame  # per (run, step, kind) unit: status (computed / skipped), timing
+    means: pd.DataFrame  # per (run, step): mean eval loss at the mid and the final step
+
+
 def token_losses_stage(
     suite: dict[str, Any],
     token_losses: dict[str, Any],
     behaviours: dict[str, Any] | None = None,
     induction: dict[str, Any] | None = None,
-):  # type: ignore[no-untyped-def]
+) -> TokenLossesResult:
     """Stage `token_losses`: per-token log-probs of every run at the steps analyses need,
     and, in the same units (one fetch per checkpoint), the behaviour battery and the
     induction probe at their stages' steps."""
@@ -71,7 +81,7 @@ def token_losses_stage(
     _save_unit_table(units)
     means = _mean_losses(resolved)
     metrics = _write_token_losses_metrics(resolved, cfg, units, means, windows)
-    return {"units": units, "means": means, "metrics": metrics}
+    return TokenLossesResult(units=units, means=means, metrics=metrics)
 
 
 def _load_eval_windows() -> Any:

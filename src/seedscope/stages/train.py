@@ -4,6 +4,7 @@ read each run's training log; training-loss curves and metrics.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -11,6 +12,7 @@ import pandas as pd
 from seedscope.core.config import ResolvedSuite, from_section
 from seedscope.core.paths import results_dir
 from seedscope.stages.common import (
+    StageResult,
     fresh_outputs,
     resolve_suite,
     run_labels,
@@ -21,7 +23,21 @@ from seedscope.stages.common import (
 )
 
 
-def train_stage(suite: dict[str, Any], corpus: dict[str, Any], train: dict[str, Any]):
+@dataclass(frozen=True, kw_only=True)
+class TrainResult(StageResult):
+    """Stage 0c: the runs trained (mini-suite) or read (hub suite), their training-loss
+    curves (figure `training_loss`, absent for a hub suite that publishes no log)."""
+
+    summary: pd.DataFrame  # per run: size, seed, final eval loss (mini-suite) or log found
+    unigram: float | None = None  # the unigram baseline loss (mini-suite)
+    curves: pd.DataFrame | None = None  # per (run, step): training loss (mini-suite)
+    probes: pd.DataFrame | None = None  # trainer's induction probe, step x run (mini-suite)
+    note: str | None = None  # what was read instead of trained (hub suite)
+
+
+def train_stage(
+    suite: dict[str, Any], corpus: dict[str, Any], train: dict[str, Any]
+) -> TrainResult:
     """Stage `train`: the mini-suite, written as a hub cache under results/hub."""
     from seedscope.models.train import TrainConfig
 
@@ -36,16 +52,16 @@ def train_stage(suite: dict[str, Any], corpus: dict[str, Any], train: dict[str, 
     _save_smoothed_curves(curves)
     fig = _plot_training_loss(resolved, curves, unigram)
     metrics = _write_train_metrics(resolved, cfg, summary, unigram)
-    return {
-        "summary": summary,
-        "unigram": unigram,
-        "curves": curves,
-        "figure": fig,
-        "metrics": metrics,
-        "probes": checkpoint_probes(resolved)
+    return TrainResult(
+        summary=summary,
+        unigram=unigram,
+        curves=curves,
+        figures={"training_loss": fig},
+        metrics=metrics,
+        probes=checkpoint_probes(resolved)
         .pivot_table(index="step", columns="run", values="induction_score")
         .round(3),
-    }
+    )
 
 
 def _train_mini_suite(resolved: ResolvedSuite, cfg: Any) -> pd.DataFrame:
@@ -147,7 +163,7 @@ def _write_train_metrics(
     )
 
 
-def pretrained_train_stage(resolved: ResolvedSuite, cfg: Any) -> dict[str, Any]:
+def pretrained_train_stage(resolved: ResolvedSuite, cfg: Any) -> TrainResult:
     """Stage `train` for a hub suite: nothing is trained (the runs are pre-trained); each
     run's training loss is read from its final checkpoint's `trainer_state.json` where the
     suite publishes one, and written where the mini-suite's trainer writes its log, so that
@@ -169,7 +185,8 @@ def pretrained_train_stage(resolved: ResolvedSuite, cfg: Any) -> dict[str, Any]:
         ]
     )
     metrics = _write_pretrained_metrics(resolved, cfg, found, frame, summary, note)
-    return {"summary": summary, "metrics": metrics, "figure": figure, "probes": None, "note": note}
+    figures = {"training_loss": figure} if figure is not None else {}
+    return TrainResult(summary=summary, metrics=metrics, figures=figures, note=note)
 
 
 def _write_hub_readme(resolved: ResolvedSuite) -> None:

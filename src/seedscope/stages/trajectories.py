@@ -12,6 +12,7 @@ import pandas as pd
 
 from seedscope.core.config import ResolvedSuite
 from seedscope.stages.common import (
+    StageResult,
     fresh_outputs,
     resolve_suite,
     run_labels,
@@ -101,7 +102,27 @@ class _TrajectoryResults:
     fractions: pd.DataFrame
 
 
-def trajectories_stage(suite: dict[str, Any], trajectories: dict[str, Any]):
+@dataclass(frozen=True, kw_only=True)
+class TrajectoriesResult(StageResult):
+    """Analysis 5: each token's loss curve classified (smooth / S-shaped / ...), the classifier
+    validated on curves of known shape, and the path-dependence tests across seeds."""
+
+    config: Any
+    steps: Any  # the checkpoint steps of the curves
+    classes: pd.DataFrame  # per (run, token) curve: its shape class, fit and token set
+    fractions: pd.DataFrame  # share of each class per token set (divergent, random, matched)
+    validation: pd.DataFrame  # the classifier on synthetic curves, per real noise level
+    confusion: pd.DataFrame  # its confusion matrix at the median real noise
+    accuracy: float  # ... and its accuracy there
+    noise: float  # that median noise (residual sd)
+    noise_by_set: pd.DataFrame  # residual noise per token set
+    autocorrelation: float  # lag-1 autocorrelation of the random tokens' residuals
+    path: pd.DataFrame  # S-shaped share, divergent tokens vs the random and matched sets
+    spread: pd.DataFrame  # per divergent token: spread of transition steps across seeds
+    spread_test: dict[str, float]  # that spread against each token's own fit error
+
+
+def trajectories_stage(suite: dict[str, Any], trajectories: dict[str, Any]) -> TrajectoriesResult:
     """Stage `trajectories` (analysis 5): shapes of per-token loss curves, path dependence."""
     resolved = resolve_suite(suite)
     cfg = stage_config("trajectories", trajectories)
@@ -111,23 +132,23 @@ def trajectories_stage(suite: dict[str, Any], trajectories: dict[str, Any]):
     _save_trajectory_tables(out, r)
     figures = _register_trajectory_figures(losses, steps, r, resolved, cfg)
     metrics = _write_trajectory_metrics(r, steps, resolved, cfg)
-    return {
-        "classes": r.classes,
-        "confusion": r.confusion,
-        "validation": r.validation,
-        "spread_test": r.spread_test,
-        "noise_by_set": r.noise_by_set,
-        "config": cfg,
-        "autocorrelation": r.rho,
-        "accuracy": r.accuracy,
-        "noise": r.noise,
-        "path": r.path,
-        "spread": r.spread,
-        "fractions": r.fractions,
-        "figures": figures,
-        "metrics": metrics,
-        "steps": steps,
-    }
+    return TrajectoriesResult(
+        config=cfg,
+        steps=steps,
+        classes=r.classes,
+        fractions=r.fractions,
+        validation=r.validation,
+        confusion=r.confusion,
+        accuracy=r.accuracy,
+        noise=r.noise,
+        noise_by_set=r.noise_by_set,
+        autocorrelation=r.rho,
+        path=r.path,
+        spread=r.spread,
+        spread_test=r.spread_test,
+        figures=figures,
+        metrics=metrics,
+    )
 
 
 def _load_trajectory_inputs(resolved: ResolvedSuite, cfg: Any) -> tuple[Any, Any, pd.DataFrame]:
