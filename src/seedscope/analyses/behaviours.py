@@ -775,7 +775,30 @@ def score_items(
     its first, answer included; gain = first - second).
     """
     check_scoring(scoring)
-    rows = []  # (item index, option index, ids, n_prompt, neutral?)
+    encoded = _encode_items(tokenizer, items, neutral_prompt)
+    _check_context(model, encoded.rows)
+    scores = _score_rows(model, items, encoded, batch_size, device, language_map)
+    return _item_frame(items, scores, scoring)
+
+
+# One scored sequence: (item index, option index, ids, n_prompt, neutral?); a neutral row's
+# item index is -1 and its option index is the distinct option's index.
+_Row = tuple[int, int, list[int], int, bool]
+
+
+@dataclass(frozen=True)
+class _Encoded:
+    """The token sequences `score_items` scores, and how their scores map back to items."""
+
+    rows: list[_Row]
+    n_first: dict[int, int]  # item -> token count of its first copy (induction items)
+    n_neutral: int  # distinct options, each scored once after the neutral prompt
+    neutral_cells: list[tuple[int, int, int]]  # (item, option, distinct-option index)
+
+
+def _encode_items(tokenizer: Any, items: Sequence[ProbeItem], neutral_prompt: str) -> _Encoded:
+    """Encode every (item, option) and each distinct option after the neutral prompt."""
+    rows: list[_Row] = []
     n_ids = encode(tokenizer, neutral_prompt)
     if not n_ids:
         raise SeedscopeError(
@@ -783,7 +806,7 @@ def score_items(
         )
     n_first: dict[int, int] = {}
     neutral_of: dict[tuple[int, ...], int] = {}
-    neutral_cells: list[tuple[int, int, int]] = []  # (item, option, distinct-option index)
+    neutral_cells: list[tuple[int, int, int]] = []
     for i, item in enumerate(items):
         if item.behaviour not in BEHAVIOURS:
             check_behaviours([item.behaviour])
@@ -806,6 +829,11 @@ def score_items(
             f_ids = encode(tokenizer, item.first_copy)
             if p_ids[: len(f_ids)] == f_ids:
                 n_first[i] = len(f_ids)
+    return _Encoded(rows, n_first, len(neutral_of), neutral_cells)
+
+
+def _check_context(model: Any, rows: Sequence[_Row]) -> None:
+    """Refuse probes longer than the model's context, before any forward pass."""
     max_pos = model_context(model)
     longest = max((len(r[2]) for r in rows), default=0)
     if max_pos is not None and longest > max_pos:
@@ -814,70 +842,136 @@ def score_items(
             "use shorter probes.",
         )
 
-    logp = np.full((len(items), max((len(it.options) for it in items), default=0)), np.nan)
-    logp_neutral = np.full(logp.shape, np.nan)
-    opt_tokens = np.zeros(logp.shape, dtype=np.int64)
-    lang_mass = np.full(len(items), np.nan)
-    lang_share = np.full(len(items), np.nan)
-    first_loss = np.full(len(items), np.nan)
-    second_loss = np.full(len(items), np.nan)
+
+@dataclass(frozen=True)
+class _Scores:
+    """Per (item, option) summed log-probs and per-item extras, filled batch by batch."""
+
+    logp: np.ndarray  # [item, option], given the prompt
+    logp_neutral: np.ndarray  # [item, option], given the neutral prompt
+    opt_tokens: np.ndarray  # [item, option] token counts
+    lang_mass: np.ndarray  # [item]
+    lang_share: np.ndarray  # [item]
+    first_loss: np.ndarray  # [item]
+    second_loss: np.ndarray  # [item]
+    neutral_logp: np.ndarray  # [distinct option]
+
+    @classmethod
+    def empty(cls, items: Sequence[ProbeItem], n_neutral: int) -> _Scores:
+        """NaN-filled arrays (zero token counts) sized for `items`."""
+        logp = np.full((len(items), max((len(it.options) for it in items), default=0)), np.nan)
+        return cls(
+            logp=logp,
+            logp_neutral=np.full(logp.shape, np.nan),
+            opt_tokens=np.zeros(logp.shape, dtype=np.int64),
+            lang_mass=np.full(len(items), np.nan),
+            lang_share=np.full(len(items), np.nan),
+            first_loss=np.full(len(items), np.nan),
+            second_loss=np.full(len(items), np.nan),
+            neutral_logp=np.full(n_neutral, np.nan),
+        )
+
+
+def _score_rows(
+    model: Any,
+    items: Sequence[ProbeItem],
+    encoded: _Encoded,
+    batch_size: int,
+    device: str,
+    language_map: Mapping[str, np.ndarray] | None,
+) -> _Scores:
+    """Run every row through the model, longest first in padded batches, and record scores."""
+    scores = _Scores.empty(items, encoded.n_neutral)
     lang_ids = (
         {k: torch.as_tensor(v, dtype=torch.long) for k, v in language_map.items()}
         if language_map is not None
         else None
     )
-    neutral_logp = np.full(len(neutral_of), np.nan)
+    rows = encoded.rows
     order = sorted(range(len(rows)), key=lambda r: -len(rows[r][2]))
-    pad = 0
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             batch = [rows[r] for r in order[start : start + batch_size]]
-            width = max(len(r[2]) for r in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for b, (_, _, seq, _, _) in enumerate(batch):
-                ids[b, : len(seq)] = torch.as_tensor(seq)
-                mask[b, : len(seq)] = 1
-            logits = _forward_logits(model, ids.to(device), mask.to(device)).cpu()
-            # token log-probs: position t predicts token t + 1 -> [batch, width - 1]
-            norm = torch.logsumexp(logits[:, :-1], dim=-1)
-            tok_lp = logits[:, :-1].gather(-1, ids[:, 1:, None])[..., 0] - norm
-            for b, (i, j, seq, n_p, neutral) in enumerate(batch):
-                lp = tok_lp[b, : len(seq) - 1].double().numpy()
-                if neutral:
-                    neutral_logp[j] = lp[n_p - 1 :].sum()
-                    continue
-                logp[i, j] = lp[n_p - 1 :].sum()
-                opt_tokens[i, j] = len(seq) - n_p
-                if j != 0:
-                    continue
-                item = items[i]
-                if lang_ids is not None and item.language in lang_ids:
-                    probs = torch.softmax(logits[b, n_p - 1].double(), dim=-1)
-                    masses = {k: float(probs[v].sum()) for k, v in lang_ids.items()}
-                    lang_mass[i] = masses[item.language]
-                    total = sum(masses.values())
-                    lang_share[i] = masses[item.language] / total if total > 0 else np.nan
-                if i in n_first and n_first[i] >= 2 and len(seq) - n_first[i] >= 2:
-                    nf = n_first[i]
-                    first_loss[i] = -lp[: nf - 1].mean()  # predicts tokens 1 .. nf-1
-                    second_loss[i] = -lp[nf:].mean()  # predicts tokens nf+1 .. end
-    for i, j, shared in neutral_cells:
-        logp_neutral[i, j] = neutral_logp[shared]
+            logits, tok_lp = _batch_logprobs(model, batch, device)
+            for b, row in enumerate(batch):
+                lp = tok_lp[b, : len(row[2]) - 1].double().numpy()
+                _record_row(scores, items, encoded.n_first, lang_ids, row, lp, logits[b])
+    for i, j, shared in encoded.neutral_cells:
+        scores.logp_neutral[i, j] = scores.neutral_logp[shared]
+    return scores
+
+
+def _batch_logprobs(
+    model: Any, batch: Sequence[_Row], device: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits `[batch, width, vocab]` and token log-probs `[batch, width - 1]` of a batch
+    padded right (position t predicts token t + 1)."""
+    pad = 0
+    width = max(len(r[2]) for r in batch)
+    ids = torch.full((len(batch), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for b, (_, _, seq, _, _) in enumerate(batch):
+        ids[b, : len(seq)] = torch.as_tensor(seq)
+        mask[b, : len(seq)] = 1
+    logits = _forward_logits(model, ids.to(device), mask.to(device)).cpu()
+    norm = torch.logsumexp(logits[:, :-1], dim=-1)
+    tok_lp = logits[:, :-1].gather(-1, ids[:, 1:, None])[..., 0] - norm
+    return logits, tok_lp
+
+
+def _record_row(
+    scores: _Scores,
+    items: Sequence[ProbeItem],
+    n_first: Mapping[int, int],
+    lang_ids: Mapping[str, torch.Tensor] | None,
+    row: _Row,
+    lp: np.ndarray,
+    logits: torch.Tensor,
+) -> None:
+    """Store one row's option score; for a correct option also its language mass and, for
+    induction items, the first and second copy's losses."""
+    i, j, seq, n_p, neutral = row
+    if neutral:
+        scores.neutral_logp[j] = lp[n_p - 1 :].sum()
+        return
+    scores.logp[i, j] = lp[n_p - 1 :].sum()
+    scores.opt_tokens[i, j] = len(seq) - n_p
+    if j != 0:
+        return
+    item = items[i]
+    if lang_ids is not None and item.language in lang_ids:
+        probs = torch.softmax(logits[n_p - 1].double(), dim=-1)
+        masses = {k: float(probs[v].sum()) for k, v in lang_ids.items()}
+        scores.lang_mass[i] = masses[item.language]
+        total = sum(masses.values())
+        scores.lang_share[i] = masses[item.language] / total if total > 0 else np.nan
+    if i in n_first and n_first[i] >= 2 and len(seq) - n_first[i] >= 2:
+        nf = n_first[i]
+        scores.first_loss[i] = -lp[: nf - 1].mean()  # predicts tokens 1 .. nf-1
+        scores.second_loss[i] = -lp[nf:].mean()  # predicts tokens nf+1 .. end
+
+
+def _judge(lp_opt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(correct option's score, best wrong one's, margin, correct strictly best) per item."""
+    n_items = lp_opt.shape[0]
+    wrong = np.where(np.isnan(lp_opt[:, 1:]), -np.inf, lp_opt[:, 1:])
+    best = wrong.max(axis=1) if n_items else np.zeros(0)
+    right = lp_opt[:, 0] if n_items else np.zeros(0)
+    return right, best, right - best, right > best
+
+
+def _item_frame(items: Sequence[ProbeItem], scores: _Scores, scoring: str) -> pd.DataFrame:
+    """One row per item: every scoring's verdict, the headline `scoring`'s, and the extras."""
+    logp, opt_tokens = scores.logp, scores.opt_tokens
     with np.errstate(invalid="ignore", divide="ignore"):
         per_token = logp / opt_tokens
-    pmi = logp - logp_neutral
+    pmi = logp - scores.logp_neutral
     by_scoring = {"summed": logp, "per_token": per_token, "pmi": pmi}
-    judged = {}
-    for name, lp_opt in by_scoring.items():
-        wrong = np.where(np.isnan(lp_opt[:, 1:]), -np.inf, lp_opt[:, 1:])
-        best = wrong.max(axis=1) if len(items) else np.zeros(0)
-        right = lp_opt[:, 0] if len(items) else np.zeros(0)
-        judged[name] = (right, best, right - best, right > best)
+    judged = {name: _judge(lp_opt) for name, lp_opt in by_scoring.items()}
     right, best_wrong, margin, correct = judged[scoring]
     n_options = np.array([len(it.options) for it in items], dtype=np.int64)
     chance = 1.0 / n_options if len(items) else np.zeros(0)
-    frame = pd.DataFrame(
+    return pd.DataFrame(
         {
             "item": np.arange(len(items)),
             "behaviour": [it.behaviour for it in items],
@@ -891,7 +985,7 @@ def score_items(
             "option_tokens": [list(row[row > 0]) for row in opt_tokens],
             "logp_options": [list(row[~np.isnan(row)]) for row in logp],
             "logp_options_per_token": [list(row[~np.isnan(row)]) for row in per_token],
-            "logp_options_neutral": [list(row[~np.isnan(row)]) for row in logp_neutral],
+            "logp_options_neutral": [list(row[~np.isnan(row)]) for row in scores.logp_neutral],
             "logp_options_pmi": [list(row[~np.isnan(row)]) for row in pmi],
             "correct_summed": judged["summed"][3],
             "margin_summed": judged["summed"][2],
@@ -905,14 +999,13 @@ def score_items(
             "correct": correct,
             "score": (correct - chance) / (1.0 - chance),
             "n_option_tokens": opt_tokens[:, 0] if len(items) else np.zeros(0, dtype=np.int64),
-            "lang_mass": lang_mass,
-            "lang_share": lang_share,
-            "first_copy_loss": first_loss,
-            "second_copy_loss": second_loss,
-            "induction_gain": first_loss - second_loss,
+            "lang_mass": scores.lang_mass,
+            "lang_share": scores.lang_share,
+            "first_copy_loss": scores.first_loss,
+            "second_copy_loss": scores.second_loss,
+            "induction_gain": scores.first_loss - scores.second_loss,
         }
     )
-    return frame
 
 
 # metric name -> item-score column (metrics not listed are their own column)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -30,6 +31,7 @@ from seedscope.core.stats import (
     pearson_statistic,
     proportion_ci,
     quiet_nan,
+    wald_p,
     window_bootstrap,
 )
 
@@ -1414,8 +1416,6 @@ def gap_change(
     replicate values (the BH cut-offs and SEs held fixed) and the fraction is taken over the
     gaps of the pairs among the drawn runs. Returns (one row per open gap, summary).
     """
-    from seedscope.core.stats import pair_replicate_mean, resample_runs_within, wald_p
-
     if margin <= 0:
         raise SeedscopeError(f"margin={margin} must be positive.", "use e.g. 0.02 (nats).")
     shape = check_logprobs(logprobs_mid)
@@ -1427,10 +1427,38 @@ def gap_change(
     check_meta(meta, shape[0] * shape[1], columns)
     runs = list(logprobs_mid)
     pair_list = _pairs(runs, pairs)
-    n_windows, window_len = shape
     rng = np.random.default_rng(seed)
-    weights = bootstrap_weights(n_windows, n_boot, int(rng.integers(2**31)))
-    features = _features(meta, columns, window_len, False)
+    weights = bootstrap_weights(shape[0], n_boot, int(rng.integers(2**31)))
+    features = _features(meta, columns, shape[1], False)
+    gaps = _paired_gaps(logprobs_mid, logprobs_final, pair_list, features, weights, shape)
+    verdict = _classify_gaps(gaps, alpha, margin, min_windows)
+    table = _gap_table(gaps, verdict, alpha)
+    open_b, closed_b = _replicate_verdicts(gaps, verdict, margin)
+    frac_b = _fraction_closed_replicates(gaps.keys, runs, pair_list, sizes, open_b, closed_b, rng)
+    return table, _gap_summary(table, verdict, frac_b, alpha, margin)
+
+
+@dataclass(frozen=True)
+class _PairedGaps:
+    """Every (pair, feature, category) gap at mid and final, with its window replicates."""
+
+    keys: list[tuple[str, str, str, str]]  # (run_a, run_b, feature, category), one per gap G
+    est: np.ndarray  # [2, G]: mid, final
+    reps: np.ndarray  # [2, B, G]: the same resampled windows at both steps (paired)
+    n_tokens: list[int]
+    n_windows: list[int]
+
+
+def _paired_gaps(
+    logprobs_mid: Mapping[str, np.ndarray],
+    logprobs_final: Mapping[str, np.ndarray],
+    pair_list: Sequence[tuple[str, str]],
+    features: Sequence[tuple[str, np.ndarray, list[str]]],
+    weights: np.ndarray,
+    shape: tuple[int, int],
+) -> _PairedGaps:
+    """Mean log-prob gaps (a minus b) per category at both steps, on shared window weights."""
+    n_windows, window_len = shape
     win = np.repeat(np.arange(n_windows), window_len)
     keys, est, reps, n_tok, n_win = [], [], [], [], []
     for a, b in pair_list:
@@ -1462,16 +1490,41 @@ def gap_change(
                 n_win.append(int((counts[:, j] > 0).sum()))
     est_arr = np.asarray(est, dtype=np.float64).T  # [2, G]
     rep_arr = np.moveaxis(np.asarray(reps, dtype=np.float64), 0, -1)  # [2, B, G]
-    enough = np.asarray(n_win) >= min_windows
+    return _PairedGaps(keys, est_arr, rep_arr, n_tok, n_win)
+
+
+@dataclass(frozen=True)
+class _GapVerdict:
+    """The tests of every gap: significance per step (BH), equivalence (TOST), change."""
+
+    enough: np.ndarray  # [G] seen in at least min_windows windows
+    se: np.ndarray  # [2, G] bootstrap SEs
+    p_adj: np.ndarray  # [2, G] BH-adjusted p of a gap at each step
+    sig: np.ndarray  # [2, G]
+    z_tost: float  # the (1 - 2 alpha) CI's z
+    is_open: np.ndarray  # [G] significant at mid and not within the margin already
+    z_eq: np.ndarray  # [G] (margin - |gap_final|) / se_final
+    p_eq_adj: np.ndarray  # [G] BH-adjusted TOST p, open gaps only
+    change: np.ndarray  # [G] |gap_final| - |gap_mid|
+    change_reps: np.ndarray  # [B, G]
+    se_change: np.ndarray  # [G]
+    p_change_adj: np.ndarray  # [G] BH-adjusted, open gaps only
+    equivalent: np.ndarray  # [G]
+    shrank: np.ndarray  # [G]
+    status: np.ndarray  # [G] closed / shrank / grew / persisted
+
+
+def _classify_gaps(gaps: _PairedGaps, alpha: float, margin: float, min_windows: int) -> _GapVerdict:
+    """Test each gap at both steps, then classify the open ones (the rules: `gap_change`)."""
+    est_arr, rep_arr = gaps.est, gaps.reps
+    enough = np.asarray(gaps.n_windows) >= min_windows
     se = quiet_nan(np.nanstd, rep_arr, axis=1, ddof=1)  # [2, G]
     p = np.stack([wald_p(est_arr[s], rep_arr[s]) for s in range(2)])
     p_adj = np.stack([bh_adjust(np.where(enough, p[s], np.nan)) for s in range(2)])
     sig = (p_adj < alpha) & enough
     z_tost = float(scipy.stats.norm.ppf(1 - alpha))
     mid_low, mid_high = est_arr[0] - z_tost * se[0], est_arr[0] + z_tost * se[0]
-    fin_low, fin_high = est_arr[1] - z_tost * se[1], est_arr[1] + z_tost * se[1]
-    mid_sig = sig[0]
-    is_open = mid_sig & ~((mid_low > -margin) & (mid_high < margin))
+    is_open = sig[0] & ~((mid_low > -margin) & (mid_high < margin))
     with np.errstate(invalid="ignore", divide="ignore"):
         # TOST: max(p_low, p_high) = sf((margin - |gap|) / se); a zero SE is exact.
         z_eq = (margin - np.abs(est_arr[1])) / se[1]
@@ -1486,46 +1539,92 @@ def gap_change(
     p_change_adj = bh_adjust(np.where(is_open, p_change, np.nan))
     equivalent = is_open & (p_eq_adj < alpha)
     moved = is_open & (p_change_adj < alpha)
-    qs = [100 * alpha / 2, 100 * (1 - alpha / 2)]
-    ch_low, ch_high = quiet_nan(np.nanpercentile, change_reps, qs, axis=0)
     shrank = moved & (change < 0)
     status = np.where(
         equivalent & shrank,
         "closed",
         np.where(shrank, "shrank", np.where(moved & (change > 0), "grew", "persisted")),
     )
-    table = pd.DataFrame(keys, columns=_GAP_KEY).assign(
-        n_tokens=n_tok,
-        n_windows=n_win,
+    return _GapVerdict(
+        enough=enough,
+        se=se,
+        p_adj=p_adj,
+        sig=sig,
+        z_tost=z_tost,
+        is_open=is_open,
+        z_eq=z_eq,
+        p_eq_adj=p_eq_adj,
+        change=change,
+        change_reps=change_reps,
+        se_change=se_change,
+        p_change_adj=p_change_adj,
+        equivalent=equivalent,
+        shrank=shrank,
+        status=status,
+    )
+
+
+def _gap_table(gaps: _PairedGaps, v: _GapVerdict, alpha: float) -> pd.DataFrame:
+    """One row per gap open at mid: both steps' gaps, the final CI, the change and verdict."""
+    est_arr = gaps.est
+    fin_low, fin_high = est_arr[1] - v.z_tost * v.se[1], est_arr[1] + v.z_tost * v.se[1]
+    qs = [100 * alpha / 2, 100 * (1 - alpha / 2)]
+    ch_low, ch_high = quiet_nan(np.nanpercentile, v.change_reps, qs, axis=0)
+    table = pd.DataFrame(gaps.keys, columns=_GAP_KEY).assign(
+        n_tokens=gaps.n_tokens,
+        n_windows=gaps.n_windows,
         gap_mid=est_arr[0],
-        p_mid_adjusted=p_adj[0],
+        p_mid_adjusted=v.p_adj[0],
         gap_final=est_arr[1],
         final_low=fin_low,
         final_high=fin_high,
-        p_equivalent_adjusted=p_eq_adj,
-        p_final_adjusted=p_adj[1],
-        significant_final=sig[1],
-        change=change,
+        p_equivalent_adjusted=v.p_eq_adj,
+        p_final_adjusted=v.p_adj[1],
+        significant_final=v.sig[1],
+        change=v.change,
         change_low=ch_low,
         change_high=ch_high,
-        p_change_adjusted=p_change_adj,
-        status=status,
+        p_change_adjusted=v.p_change_adj,
+        status=v.status,
     )
-    table = table[is_open].reset_index(drop=True)
+    return table[v.is_open].reset_index(drop=True)
 
-    # Replicates re-classified with the BH cut-offs and the SEs held fixed (each cut-off
-    # as the smallest |z| BH called: p-values underflow to 0).
-    def z_cut(z: np.ndarray, called: np.ndarray) -> float:
-        return float(np.nanmin(np.where(called, z, np.nan))) if called.any() else np.inf
 
+def _z_cut(z: np.ndarray, called: np.ndarray) -> float:
+    """BH's cut-off as a |z|: the smallest one it called (p-values underflow to 0)."""
+    return float(np.nanmin(np.where(called, z, np.nan))) if called.any() else np.inf
+
+
+def _replicate_verdicts(
+    gaps: _PairedGaps, v: _GapVerdict, margin: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(open, closed) `[B, G]`: each replicate's gaps re-classified with the BH cut-offs and
+    the SEs held fixed."""
+    est_arr, rep_arr, se = gaps.est, gaps.reps, v.se
     with np.errstate(invalid="ignore", divide="ignore"):
-        sig_b = (np.abs(rep_arr[0]) >= z_cut(np.abs(est_arr[0]) / se[0], mid_sig) * se[0]) & (
-            enough
+        sig_b = (np.abs(rep_arr[0]) >= _z_cut(np.abs(est_arr[0]) / se[0], v.sig[0]) * se[0]) & (
+            v.enough
         )
-        open_b = sig_b & ((np.abs(rep_arr[0]) + z_tost * se[0]) >= margin)  # [B, G]
-        eq_b = (margin - np.abs(rep_arr[1])) >= z_cut(z_eq, equivalent) * se[1]
-        shrank_b = -change_reps >= z_cut(-change / se_change, shrank) * se_change
-    closed_b = open_b & eq_b & shrank_b
+        open_b = sig_b & ((np.abs(rep_arr[0]) + v.z_tost * se[0]) >= margin)  # [B, G]
+        eq_b = (margin - np.abs(rep_arr[1])) >= _z_cut(v.z_eq, v.equivalent) * se[1]
+        shrank_b = -v.change_reps >= _z_cut(-v.change / v.se_change, v.shrank) * v.se_change
+    return open_b, open_b & eq_b & shrank_b
+
+
+def _fraction_closed_replicates(
+    keys: Sequence[tuple[str, str, str, str]],
+    runs: Sequence[str],
+    pair_list: list[tuple[str, str]],
+    sizes: Mapping[str, str] | None,
+    open_b: np.ndarray,
+    closed_b: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Fraction closed per replicate `[B]`, over the gaps of the pairs among the runs drawn
+    (runs resampled within their size when `sizes` is given)."""
+    from seedscope.core.stats import pair_replicate_mean, resample_runs_within
+
+    n_boot = open_b.shape[0]
     pos = {r: i for i, r in enumerate(runs)}
     pair_of_gap = np.asarray([pair_list.index((k[0], k[1])) for k in keys], dtype=np.int64)
     groups = (
@@ -1541,9 +1640,15 @@ def gap_change(
     np.add.at(closed_pair.T, pair_of_gap, closed_b.T.astype(np.float64))
     idx = [(pos[a], pos[b]) for a, b in pair_list]
     with np.errstate(invalid="ignore", divide="ignore"):
-        frac_b = pair_replicate_mean(closed_pair, idx, counts_b) / pair_replicate_mean(
+        return pair_replicate_mean(closed_pair, idx, counts_b) / pair_replicate_mean(
             sig_pair, idx, counts_b
         )
+
+
+def _gap_summary(
+    table: pd.DataFrame, v: _GapVerdict, frac_b: np.ndarray, alpha: float, margin: float
+) -> dict[str, float]:
+    """Counts per verdict and the fraction of open gaps that closed, with its CI."""
     n = len(table)
     counts_status = table["status"].value_counts()
     frac = float(counts_status.get("closed", 0)) / n if n else np.nan
@@ -1553,16 +1658,15 @@ def gap_change(
         if n and finite.size
         else (np.nan, np.nan)
     )
-    summary = {
-        "n_tests": int(enough.sum()),
+    return {
+        "n_tests": int(v.enough.sum()),
         "n_significant_mid": n,
-        "n_within_margin_mid": int((mid_sig & ~is_open).sum()),
+        "n_within_margin_mid": int((v.sig[0] & ~v.is_open).sum()),
         **{f"n_{s}": int(counts_status.get(s, 0)) for s in _STATUSES},
-        "n_significant_final": int(sig[1].sum()),
+        "n_significant_final": int(v.sig[1].sum()),
         "fraction_closed": frac,
         "fraction_closed_low": float(low),
         "fraction_closed_high": float(high),
         "alpha": float(alpha),
         "margin": float(margin),
     }
-    return table, summary
