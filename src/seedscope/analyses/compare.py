@@ -28,9 +28,12 @@ from seedscope.core.stats import (
     bootstrap_weights,
     fisher_p,
     odds_ratio_ci,
+    pair_moments,
+    pair_replicate_mean,
     pearson_statistic,
     proportion_ci,
     quiet_nan,
+    resample_runs_within,
     wald_p,
     window_bootstrap,
 )
@@ -529,8 +532,6 @@ def capability_gaps(
     n_tokens, n_windows, mean_a, mean_b, gap, gap_low, gap_high, p_value, p_adjusted,
     significant, better (run with the higher mean log-prob when significant, else None).
     """
-    from seedscope.core.stats import wald_p
-
     shape = check_logprobs(logprobs)
     check_meta(meta, shape[0] * shape[1], columns)
     pair_list = _pairs(list(logprobs), pairs)
@@ -1004,8 +1005,6 @@ def _moments_by_pair(
     arrays: Mapping[str, np.ndarray], valid: np.ndarray, pairs: Sequence[tuple[str, str]]
 ) -> np.ndarray:
     """Per-window moments `[n_pairs, n_windows, 6]` of every pair (columns centred first)."""
-    from seedscope.core.stats import pair_moments
-
     centred = {r: np.where(valid, a - a[valid].mean(), 0.0) for r, a in arrays.items()}
     return np.stack([pair_moments(centred[a], centred[b], valid) for a, b in pairs])
 
@@ -1032,10 +1031,6 @@ def seed_agreement(
     Columns: group, method, value, ci_low, ci_high, t_low, t_high, pair_min, pair_max,
     n_runs, n_pairs, n_tokens, n_boot.
     """
-    import scipy.stats
-
-    from seedscope.core.stats import pair_replicate_mean, pearson_statistic, resample_runs_within
-
     shape = check_logprobs(logprobs)
     runs = list(logprobs)
     groups = seed_pairs(runs, sizes)
@@ -1045,9 +1040,7 @@ def seed_agreement(
             "include at least two runs of one size.",
         )
     valid = common_valid(logprobs)
-    n_tokens = int(valid.sum())
     all_pairs = list(itertools.combinations(runs, 2))
-    index = {p: i for i, p in enumerate(all_pairs)}
     pos = {r: i for i, r in enumerate(runs)}
     rng = np.random.default_rng(seed)
     weights = bootstrap_weights(shape[0], n_boot, int(rng.integers(2**31)))
@@ -1061,88 +1054,130 @@ def seed_agreement(
         rk[valid] = scipy.stats.rankdata(values[r][valid])
         ranks[r] = rk
     rows = []
-    alpha = (1 - ci) / 2
     for method, arrays in (("pearson", values), ("spearman", ranks)):
         moments = _moments_by_pair(arrays, valid, all_pairs)  # [n_pairs, n_windows, 6]
-        est = pearson_statistic(moments.sum(axis=1))  # [n_pairs]
         with np.errstate(invalid="ignore", divide="ignore"):
             reps = pearson_statistic(np.einsum("bw,pwk->bpk", weights, moments))  # [B, P]
-        group_reps, group_est = {}, {}
-        for name, pairs in groups.items():
-            cols = [index[p] for p in pairs]
-            idx = [(pos[a], pos[b]) for a, b in pairs]
-            group_reps[name] = pair_replicate_mean(reps[:, cols], idx, counts)
-            group_est[name] = float(np.mean(est[cols]))
-            members = sorted({r for p in pairs for r in p}, key=pos.get)
-            t_low, t_high = _seed_jackknife(est, index, [pairs], members, ci)
-            rows.append(
-                _agreement_row(
-                    name,
-                    method,
-                    group_est[name],
-                    group_reps[name],
-                    alpha,
-                    t_low,
-                    t_high,
-                    est[cols],
-                    len(members),
-                    len(pairs),
-                    n_tokens,
-                    n_boot,
-                )
-            )
-        within = [n for n in groups if n.startswith("within")]
-        pooled_pairs = [p for n in within for p in groups[n]]
-        pooled_cols = [index[p] for p in pooled_pairs]
-        pooled_reps = pair_replicate_mean(
-            reps[:, pooled_cols], [(pos[a], pos[b]) for a, b in pooled_pairs], counts
+        stats = _PairStats(
+            method=method,
+            est=pearson_statistic(moments.sum(axis=1)),
+            reps=reps,
+            index={p: i for i, p in enumerate(all_pairs)},
+            pos=pos,
+            counts=counts,
+            ci=ci,
+            n_tokens=int(valid.sum()),
+            n_boot=n_boot,
         )
-        pooled_est = float(np.mean(est[pooled_cols]))
-        if len(within) > 1:
-            members = sorted({r for p in pooled_pairs for r in p}, key=pos.get)
-            t_low, t_high = _seed_jackknife(est, index, [pooled_pairs], members, ci)
-            rows.append(
-                _agreement_row(
-                    "within sizes",
-                    method,
-                    pooled_est,
-                    pooled_reps,
-                    alpha,
-                    t_low,
-                    t_high,
-                    est[pooled_cols],
-                    len(members),
-                    len(pooled_pairs),
-                    n_tokens,
-                    n_boot,
-                )
-            )
-        if "across sizes" in groups:
-            across = groups["across sizes"]
-            per_run = []
-            for r in runs:
-                w = [est[index[p]] for p in pooled_pairs if r in p]
-                a = [est[index[p]] for p in across if r in p]
-                if w and a:
-                    per_run.append(np.mean(w) - np.mean(a))
-            t_low, t_high = _seed_jackknife(est, index, [pooled_pairs, across], runs, ci)
-            rows.append(
-                _agreement_row(
-                    "within minus across",
-                    method,
-                    pooled_est - group_est["across sizes"],
-                    pooled_reps - group_reps["across sizes"],
-                    alpha,
-                    t_low,
-                    t_high,
-                    np.asarray(per_run),
-                    len(per_run),
-                    len(pooled_pairs) + len(across),
-                    n_tokens,
-                    n_boot,
-                )
-            )
+        rows.extend(_agreement_rows(stats, groups, runs))
     return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class _PairStats:
+    """One method's per-pair statistics, with their replicates and what every row shares."""
+
+    method: str
+    est: np.ndarray  # [P] per pair, on all windows
+    reps: np.ndarray  # [B, P] per pair, per replicate's windows
+    index: dict[tuple[str, str], int]  # pair -> column
+    pos: dict[str, int]  # run -> position
+    counts: np.ndarray  # [B, n_runs] times each run is drawn per replicate
+    ci: float
+    n_tokens: int
+    n_boot: int
+
+    def mean(self, pairs: Sequence[tuple[str, str]]) -> tuple[float, np.ndarray]:
+        """A pair set's mean statistic and its Multi-Bootstrap replicates."""
+        cols = [self.index[p] for p in pairs]
+        idx = [(self.pos[a], self.pos[b]) for a, b in pairs]
+        return float(np.mean(self.est[cols])), pair_replicate_mean(
+            self.reps[:, cols], idx, self.counts
+        )
+
+    def row(
+        self,
+        group: str,
+        value: tuple[float, np.ndarray],
+        pair_sets: Sequence[Sequence[tuple[str, str]]],
+        members: Sequence[str],
+        pair_values: np.ndarray,
+        n_runs: int,
+        n_pairs: int,
+    ) -> dict[str, object]:
+        """One output row: the value, its percentile CI and its seed-jackknife t-interval."""
+        t_low, t_high = _seed_jackknife(self.est, self.index, pair_sets, members, self.ci)
+        return _agreement_row(
+            group,
+            self.method,
+            value[0],
+            value[1],
+            (1 - self.ci) / 2,
+            t_low,
+            t_high,
+            pair_values,
+            n_runs,
+            n_pairs,
+            self.n_tokens,
+            self.n_boot,
+        )
+
+
+def _agreement_rows(
+    stats: _PairStats, groups: Mapping[str, list[tuple[str, str]]], runs: Sequence[str]
+) -> list[dict[str, object]]:
+    """Rows per group (each size, across sizes), within sizes pooled, within minus across."""
+    rows, value_of = [], {}
+    for name, pairs in groups.items():
+        value_of[name] = stats.mean(pairs)
+        members = sorted({r for p in pairs for r in p}, key=stats.pos.get)
+        cols = [stats.index[p] for p in pairs]
+        rows.append(
+            stats.row(
+                name, value_of[name], [pairs], members, stats.est[cols], len(members), len(pairs)
+            )
+        )
+    within = [n for n in groups if n.startswith("within")]
+    pooled_pairs = [p for n in within for p in groups[n]]
+    pooled = stats.mean(pooled_pairs)
+    if len(within) > 1:
+        members = sorted({r for p in pooled_pairs for r in p}, key=stats.pos.get)
+        pooled_values = stats.est[[stats.index[p] for p in pooled_pairs]]
+        rows.append(
+            stats.row(
+                "within sizes",
+                pooled,
+                [pooled_pairs],
+                members,
+                pooled_values,
+                len(members),
+                len(pooled_pairs),
+            )
+        )
+    if "across sizes" in groups:
+        across = groups["across sizes"]
+        per_run = []
+        for r in runs:
+            w = [stats.est[stats.index[p]] for p in pooled_pairs if r in p]
+            a = [stats.est[stats.index[p]] for p in across if r in p]
+            if w and a:
+                per_run.append(np.mean(w) - np.mean(a))
+        difference = (
+            pooled[0] - value_of["across sizes"][0],
+            pooled[1] - value_of["across sizes"][1],
+        )
+        rows.append(
+            stats.row(
+                "within minus across",
+                difference,
+                [pooled_pairs, across],
+                runs,
+                np.asarray(per_run),
+                len(per_run),
+                len(pooled_pairs) + len(across),
+            )
+        )
+    return rows
 
 
 def _seed_jackknife(
@@ -1250,8 +1285,6 @@ def enrichment_bootstrap(
     ci_high, mh_odds_ratio, mh_low, mh_high, p_value, p_adjusted; sorted by mh_low, high first.
     Empty when the mask selects no token.
     """
-    from seedscope.core.stats import wald_p
-
     n_windows = np.size(mask) // window_len
     check_meta(meta, n_windows * window_len, columns)
     mask = np.asarray(mask, dtype=bool).ravel()
@@ -1622,8 +1655,6 @@ def _fraction_closed_replicates(
 ) -> np.ndarray:
     """Fraction closed per replicate `[B]`, over the gaps of the pairs among the runs drawn
     (runs resampled within their size when `sizes` is given)."""
-    from seedscope.core.stats import pair_replicate_mean, resample_runs_within
-
     n_boot = open_b.shape[0]
     pos = {r: i for i, r in enumerate(runs)}
     pair_of_gap = np.asarray([pair_list.index((k[0], k[1])) for k in keys], dtype=np.int64)
