@@ -1290,85 +1290,122 @@ def enrichment_bootstrap(
     mask = np.asarray(mask, dtype=bool).ravel()
     strata = np.asarray(strata, dtype=np.int64).ravel()
     keep = strata >= 0
-    cols = [
-        "feature",
-        "category",
-        "n_tokens",
-        "n_outliers",
-        "outlier_rate",
-        "odds_ratio",
-        "ci_low",
-        "ci_high",
-        "mh_odds_ratio",
-        "mh_low",
-        "mh_high",
-        "p_value",
-        "p_adjusted",
-    ]
     if not (mask & keep).any():
-        return pd.DataFrame(columns=cols)
-    n_strata = int(strata.max()) + 1
-    win = np.repeat(np.arange(n_windows), window_len)
+        return pd.DataFrame(columns=_ENRICHMENT_COLUMNS)
+    counts = _StratumCounts.of(mask, strata, keep, n_windows, window_len)
     weights = bootstrap_weights(n_windows, n_boot, seed)
     alpha = (1 - ci) / 2
-    # Per (window, stratum): all tokens and outliers.
-    ws = win[keep] * n_strata + strata[keep]
-    tot_ws = np.bincount(ws, minlength=n_windows * n_strata).reshape(n_windows, n_strata)
-    out_ws = np.bincount(ws, weights=mask[keep], minlength=n_windows * n_strata).reshape(
-        n_windows, n_strata
-    )
     rows = []
     for feature, codes, labels in _features(meta, columns, window_len, with_position):
-        n_cat = len(labels)
-        key = ws * n_cat + codes[keep]
-        size = n_windows * n_strata * n_cat
-        n_wsj = np.bincount(key, minlength=size).reshape(n_windows, n_strata * n_cat)
-        a_wsj = np.bincount(key, weights=mask[keep], minlength=size).reshape(n_windows, -1)
-        use = np.flatnonzero(n_wsj.reshape(n_windows, n_strata, n_cat).sum((0, 1)) >= min_tokens)
-        if use.size == 0:
-            continue
-
-        shape = (n_strata, n_cat)
-        a, n_in = a_wsj.sum(0).reshape(shape), n_wsj.sum(0).reshape(shape)
-        plain, mh = _odds_ratios(a, n_in, out_ws.sum(0)[:, None], tot_ws.sum(0)[:, None])
-        rep_plain, rep_mh = _odds_ratios(
-            (weights @ a_wsj).reshape(n_boot, *shape),
-            (weights @ n_wsj).reshape(n_boot, *shape),
-            (weights @ out_ws)[..., None],
-            (weights @ tot_ws)[..., None],
+        rows += _feature_enrichment(
+            feature, codes[keep], labels, counts, weights, alpha, min_tokens
         )
-        with np.errstate(divide="ignore"):
-            log_mh, log_rep = np.log(mh), np.log(rep_mh)
-        log_rep = np.where(np.isfinite(log_rep), log_rep, np.nan)
-        p = wald_p(log_mh, log_rep)
-        qs = [100 * alpha, 100 * (1 - alpha)]
-        lo_p, hi_p = quiet_nan(np.nanpercentile, rep_plain, qs, axis=0)
-        lo_m, hi_m = quiet_nan(np.nanpercentile, rep_mh, qs, axis=0)
-        n_tok, n_out = n_in.sum(0), a.sum(0)
-        for j in use:
-            rows.append(
-                {
-                    "feature": feature,
-                    "category": labels[j],
-                    "n_tokens": int(n_tok[j]),
-                    "n_outliers": int(n_out[j]),
-                    "outlier_rate": float(n_out[j] / n_tok[j]),
-                    "odds_ratio": float(plain[j]),
-                    "ci_low": float(lo_p[j]),
-                    "ci_high": float(hi_p[j]),
-                    "mh_odds_ratio": float(mh[j]),
-                    "mh_low": float(lo_m[j]),
-                    "mh_high": float(hi_m[j]),
-                    "p_value": float(p[j]),
-                }
-            )
     table = pd.DataFrame(rows)
     if table.empty:
-        return pd.DataFrame(columns=cols)
+        return pd.DataFrame(columns=_ENRICHMENT_COLUMNS)
     table["p_adjusted"] = bh_adjust(table["p_value"].to_numpy())
     return table.sort_values(
         ["mh_low", "mh_odds_ratio"], ascending=[False, False], ignore_index=True, na_position="last"
-    )[cols]
+    )[_ENRICHMENT_COLUMNS]
+
+
+_ENRICHMENT_COLUMNS = [
+    "feature",
+    "category",
+    "n_tokens",
+    "n_outliers",
+    "outlier_rate",
+    "odds_ratio",
+    "ci_low",
+    "ci_high",
+    "mh_odds_ratio",
+    "mh_low",
+    "mh_high",
+    "p_value",
+    "p_adjusted",
+]
+
+
+@dataclass(frozen=True)
+class _StratumCounts:
+    """Counted tokens per (window, difficulty stratum): all of them and the outliers."""
+
+    key: np.ndarray  # (window, stratum) cell of every counted token
+    outlier: np.ndarray  # bool, every counted token
+    total: np.ndarray  # [n_windows, n_strata]
+    outliers: np.ndarray  # [n_windows, n_strata]
+    n_windows: int
+    n_strata: int
+
+    @classmethod
+    def of(
+        cls, mask: np.ndarray, strata: np.ndarray, keep: np.ndarray, n_windows: int, window_len: int
+    ) -> _StratumCounts:
+        """Count the tokens `keep` selects (flat `mask` and `strata`, window-major)."""
+        n_strata = int(strata.max()) + 1
+        win = np.repeat(np.arange(n_windows), window_len)
+        ws = win[keep] * n_strata + strata[keep]
+        tot_ws = np.bincount(ws, minlength=n_windows * n_strata).reshape(n_windows, n_strata)
+        out_ws = np.bincount(ws, weights=mask[keep], minlength=n_windows * n_strata).reshape(
+            n_windows, n_strata
+        )
+        return cls(ws, mask[keep], tot_ws, out_ws, n_windows, n_strata)
+
+
+def _feature_enrichment(
+    feature: str,
+    codes: np.ndarray,
+    labels: Sequence[str],
+    c: _StratumCounts,
+    weights: np.ndarray,
+    alpha: float,
+    min_tokens: int,
+) -> list[dict[str, object]]:
+    """One row per category of `feature` with at least `min_tokens` counted tokens (`codes`:
+    each counted token's category): plain and MH odds ratios, their CIs and the MH p-value."""
+    n_windows, n_strata, n_boot = c.n_windows, c.n_strata, weights.shape[0]
+    n_cat = len(labels)
+    key = c.key * n_cat + codes
+    size = n_windows * n_strata * n_cat
+    n_wsj = np.bincount(key, minlength=size).reshape(n_windows, n_strata * n_cat)
+    a_wsj = np.bincount(key, weights=c.outlier, minlength=size).reshape(n_windows, -1)
+    use = np.flatnonzero(n_wsj.reshape(n_windows, n_strata, n_cat).sum((0, 1)) >= min_tokens)
+    if use.size == 0:
+        return []
+    shape = (n_strata, n_cat)
+    a, n_in = a_wsj.sum(0).reshape(shape), n_wsj.sum(0).reshape(shape)
+    plain, mh = _odds_ratios(a, n_in, c.outliers.sum(0)[:, None], c.total.sum(0)[:, None])
+    rep_plain, rep_mh = _odds_ratios(
+        (weights @ a_wsj).reshape(n_boot, *shape),
+        (weights @ n_wsj).reshape(n_boot, *shape),
+        (weights @ c.outliers)[..., None],
+        (weights @ c.total)[..., None],
+    )
+    with np.errstate(divide="ignore"):
+        log_mh, log_rep = np.log(mh), np.log(rep_mh)
+    log_rep = np.where(np.isfinite(log_rep), log_rep, np.nan)
+    p = wald_p(log_mh, log_rep)
+    qs = [100 * alpha, 100 * (1 - alpha)]
+    lo_p, hi_p = quiet_nan(np.nanpercentile, rep_plain, qs, axis=0)
+    lo_m, hi_m = quiet_nan(np.nanpercentile, rep_mh, qs, axis=0)
+    n_tok, n_out = n_in.sum(0), a.sum(0)
+    return [
+        {
+            "feature": feature,
+            "category": labels[j],
+            "n_tokens": int(n_tok[j]),
+            "n_outliers": int(n_out[j]),
+            "outlier_rate": float(n_out[j] / n_tok[j]),
+            "odds_ratio": float(plain[j]),
+            "ci_low": float(lo_p[j]),
+            "ci_high": float(hi_p[j]),
+            "mh_odds_ratio": float(mh[j]),
+            "mh_low": float(lo_m[j]),
+            "mh_high": float(hi_m[j]),
+            "p_value": float(p[j]),
+        }
+        for j in use
+    ]
 
 
 def _odds_ratios(
