@@ -606,7 +606,88 @@ def run_sweep(
 
     arr = as_windows(windows)
     out = Path(out_dir) if out_dir is not None else token_losses_dir()
+    plan = _plan_units(suite, runs, cfg, probes)
+    if store is None:
+        store = LoaderStore(loader) if loader is not None else HubStore(suite, cache_dir)
+    manifest = _open_folder(out)
+    subset = _trajectory_subset(arr, cfg, trajectory_index, plan.units)
+    ident, params_hash = _settings_identity(suite, arr, cfg, subset)
+    manifest = _refuse_or_restart(out, manifest, params_hash, restart)
+    if prune:
+        _prune(out, manifest, {u.key for u in plan.units})
+    _write_trajectory_file(out, subset)
+    _stamp_manifest(manifest, ident, params_hash, subset)
+    provenance = _provenance(cfg)
+    commits = _unit_commits(store, plan.units)
+    sweep = _Sweep(
+        suite=suite,
+        arr=arr,
+        out=out,
+        cfg=cfg,
+        store=store,
+        subset=subset,
+        probes=plan.probes,
+        params_hash=params_hash,
+        provenance=provenance,
+        commits=commits,
+    )
+    triage = _decide_stale(sweep, manifest, plan)
+    _write_manifest_then_delete(out, manifest, triage.stale)
+    _compute_missing(sweep, manifest, triage, len(plan.units), progress)
+    return _result_frame(triage.rows, plan.units)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a sweep asks for: its units, its probes (digested), each unit's probe digests."""
+
+    units: list[Unit]
+    probes: list[_Digested]
+    wanted: dict[str, dict[str, str]]  # unit key -> probe name -> digest
+
+
+@dataclass(frozen=True)
+class _Sweep:
+    """The fixed facts of one sweep: folder, windows, settings, store, and what units hold."""
+
+    suite: Suite
+    arr: np.ndarray
+    out: Path
+    cfg: SweepConfig
+    store: Any
+    subset: np.ndarray | None
+    probes: list[_Digested]
+    params_hash: str
+    provenance: dict[str, Any]
+    commits: dict[str, str | None]
+
+
+@dataclass(frozen=True)
+class _Triage:
+    """Which units are skipped (their rows), redone (`todo`), and which files go."""
+
+    rows: list[dict[str, Any]]  # one per unit; computed units append theirs as they land
+    todo: list[Unit]
+    kept: dict[str, dict[str, Any]]  # grid fields of units whose probes alone are redone
+    stale: set[str]  # files of what is recomputed or no longer asked for
+
+
+def _plan_units(
+    suite: Suite, runs: Sequence[str] | str, cfg: SweepConfig, probes: Sequence[Any]
+) -> _Plan:
+    """The sweep's units (probe-only ones added), its probes hashed once, and their wants."""
     units = resolve_units(suite, runs, list(cfg.steps))
+    _check_probe_steps(suite, probes)
+    units = with_probe_units(units, probes, suite)
+    digested = [_Digested(p, p.digest()) for p in probes]  # hashed once, here
+    wanted = {
+        unit.key: {p.name: p.digest() for p in digested if unit.step in p.steps} for unit in units
+    }
+    return _Plan(units=units, probes=digested, wanted=wanted)
+
+
+def _check_probe_steps(suite: Suite, probes: Sequence[Any]) -> None:
+    """Refuse a probe that asks for steps outside the suite's schedule."""
     for probe in probes:
         off = sorted(set(probe.steps) - set(suite.steps))
         if off:
@@ -615,22 +696,32 @@ def run_sweep(
                 "does not have.",
                 "choose steps from the suite's schedule (`seedscope suites` lists it).",
             )
-    units = with_probe_units(units, probes, suite)
-    probes = [_Digested(p, p.digest()) for p in probes]  # hashed once, here
-    wanted = {
-        unit.key: {p.name: p.digest() for p in probes if unit.step in p.steps} for unit in units
-    }
-    if store is None:
-        store = LoaderStore(loader) if loader is not None else HubStore(suite, cache_dir)
+
+
+def _open_folder(out: Path) -> dict[str, Any]:
+    """Make the folder, remove a killed sweep's temp files, and read its manifest."""
     out.mkdir(parents=True, exist_ok=True)
     _clean_temp_files(out)
-    manifest = read_manifest(out)
+    return read_manifest(out)
+
+
+def _trajectory_subset(
+    arr: np.ndarray, cfg: SweepConfig, trajectory_index: Any, units: Sequence[Unit]
+) -> np.ndarray | None:
+    """The trajectory token subset; refused when empty while trajectory units need it."""
     subset = _choose_subset(arr, cfg, trajectory_index)
     if subset is None and any(u.kind == "traj" for u in units):
         raise SeedscopeError(
             "steps include 'all' but the trajectory token subset is empty.",
             "set trajectory_tokens > 0 (or pass trajectory_index).",
         )
+    return subset
+
+
+def _settings_identity(
+    suite: Suite, arr: np.ndarray, cfg: SweepConfig, subset: np.ndarray | None
+) -> tuple[dict[str, Any], str]:
+    """The settings that fix a folder's numbers, and their hash (the `params_hash`)."""
     ident = {
         "suite": suite.name,
         "n_windows": int(arr.shape[0]),
@@ -640,6 +731,14 @@ def run_sweep(
         **cfg.result_params(),
     }
     params_hash = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+    return ident, params_hash
+
+
+def _refuse_or_restart(
+    out: Path, manifest: dict[str, Any], params_hash: str, restart: bool
+) -> dict[str, Any]:
+    """`manifest`; for a folder made with other settings, an error, or with `restart` an
+    emptied folder and a fresh manifest."""
     if manifest.get("units") and manifest.get("params_hash") != params_hash:
         if not restart:
             raise SeedscopeError(
@@ -652,13 +751,22 @@ def run_sweep(
         shutil.rmtree(out)
         out.mkdir(parents=True)
         manifest = {"units": {}}
-    if prune:
-        _prune(out, manifest, {u.key for u in units})
+    return manifest
+
+
+def _write_trajectory_file(out: Path, subset: np.ndarray | None) -> None:
+    """Write the trajectory subset's indices unless the folder already holds the same."""
     traj_path = out / TRAJECTORY_TOKENS
     if subset is not None and not (
         traj_path.is_file() and np.array_equal(np.load(traj_path), subset)
     ):
         write_npy(traj_path, subset)
+
+
+def _stamp_manifest(
+    manifest: dict[str, Any], ident: dict[str, Any], params_hash: str, subset: np.ndarray | None
+) -> None:
+    """Set the manifest's format, settings and trajectory file (in memory, not written)."""
     manifest.update(
         format=FORMAT_VERSION,
         params_hash=params_hash,
@@ -666,7 +774,11 @@ def run_sweep(
         trajectory_file=TRAJECTORY_TOKENS if subset is not None else None,
     )
     manifest.setdefault("units", {})
-    provenance = {
+
+
+def _provenance(cfg: SweepConfig) -> dict[str, Any]:
+    """What every computed unit records about how it was made (not in the params hash)."""
+    return {
         "versions": package_versions(),
         "git_commit": git_commit(),
         "batch_size": cfg.batch_size,
@@ -674,26 +786,35 @@ def run_sweep(
         "threads": cfg.threads,
     }
 
+
+def _unit_commits(store: Any, units: Sequence[Unit]) -> dict[str, str | None]:
+    """The weights' commit of every unit, as far as `store` tells (None where it cannot)."""
     if hasattr(store, "commits"):
         commits = store.commits(units)
     else:
         commit_of = getattr(store, "commit", lambda unit: None)
         commits = {unit.key: commit_of(unit) for unit in units}
+    return commits
+
+
+def _decide_stale(sweep: _Sweep, manifest: dict[str, Any], plan: _Plan) -> _Triage:
+    """Skip units done as asked; unlist the rest from `manifest` (in memory), keeping listed
+    the log-prob files of units whose probes alone are stale; collect the files to delete."""
     rows: list[dict[str, Any]] = []
     todo: list[Unit] = []
     kept: dict[str, dict[str, Any]] = {}  # grid fields of units whose probes alone are redone
     stale: set[str] = set()  # files of what is recomputed or no longer asked for
-    for unit in units:
+    for unit in plan.units:
         entry = manifest["units"].get(unit.key)
-        done = (out, entry, params_hash, commits[unit.key])
-        if _unit_done(*done, wanted[unit.key], unit.kind, cfg.top_k):
-            for name in sorted(set(entry.get("probes", {})) - set(wanted[unit.key])):
+        done = (sweep.out, entry, sweep.params_hash, sweep.commits[unit.key])
+        if _unit_done(*done, plan.wanted[unit.key], unit.kind, sweep.cfg.top_k):
+            for name in sorted(set(entry.get("probes", {})) - set(plan.wanted[unit.key])):
                 stale |= {rel for rel, _ in entry["probes"].pop(name)["files"].values()}
             rows.append(_row(unit, "skipped", 0.0, 0))
             continue
         old = manifest["units"].pop(unit.key, None) or {}
         stale |= set(_entry_files(old))
-        if unit.logprobs and _unit_done(*done, {}, unit.kind, cfg.top_k):
+        if unit.logprobs and _unit_done(*done, {}, unit.kind, sweep.cfg.top_k):
             # only probes are stale: measure them, keep the log-prob files, which stay
             # listed (without probes) so a kill meanwhile loses none of them
             stale -= set(_entry_files(old, probes=False))
@@ -702,48 +823,72 @@ def run_sweep(
             manifest["units"][unit.key] = {**old, "probes": {}}
             unit = replace(unit, keep_grid=True)
         todo.append(unit)
+    return _Triage(rows=rows, todo=todo, kept=kept, stale=stale)
+
+
+def _write_manifest_then_delete(out: Path, manifest: dict[str, Any], stale: set[str]) -> None:
+    """Write the manifest, then delete the stale files (never the other way round)."""
     write_json(out / MANIFEST, manifest)  # first: the manifest never lists a deleted file
     for rel in sorted(stale):
         (out / rel).unlink(missing_ok=True)
 
+
+def _compute_missing(
+    sweep: _Sweep, manifest: dict[str, Any], triage: _Triage, n_units: int, progress: bool
+) -> None:
+    """Compute the units still to do (here or on Dask), listing each in the manifest (written
+    at once) as it lands, with a progress bar."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(units), initial=len(units) - len(todo), unit="unit", disable=not progress)
+    todo = triage.todo
+    bar = tqdm(total=n_units, initial=n_units - len(todo), unit="unit", disable=not progress)
     started = time.perf_counter()
     tokens_done = 0
 
     def finish(unit: Unit, entry: dict[str, Any]) -> None:
         nonlocal tokens_done
-        manifest["units"][unit.key] = {
-            "suite": suite.name,
-            "run": unit.run,
-            "repo_id": unit.repo_id,
-            "step": unit.step,
-            "revision": unit.revision,
-            "kind": unit.kind,
-            "params_hash": params_hash,
-            "commit": commits[unit.key],
-            "n_windows": int(arr.shape[0]),
-            "window": int(arr.shape[1]),
-            **provenance,
-            # wall time stays out of the manifest (a pipeline output): same inputs, same bytes
-            **{k: v for k, v in entry.items() if k != "seconds"},
-            **kept.get(unit.key, {}),  # a unit that redid only its probes keeps its grid's
-        }
-        write_json(out / MANIFEST, manifest)
+        manifest["units"][unit.key] = _manifest_entry(sweep, unit, entry, triage.kept)
+        write_json(sweep.out / MANIFEST, manifest)
         tokens_done += entry["tokens"]
-        rows.append(_row(unit, "computed", entry["seconds"], entry["tokens"]))
+        triage.rows.append(_row(unit, "computed", entry["seconds"], entry["tokens"]))
         rate = tokens_done / max(time.perf_counter() - started, 1e-9)
         bar.set_postfix_str(f"{rate:,.0f} tok/s")
         bar.update(1)
 
+    arr, out, cfg, store, subset = sweep.arr, sweep.out, sweep.cfg, sweep.store, sweep.subset
     try:
         if cfg.scheduler:
-            _run_dask(todo, arr, out, cfg, store, subset, finish, probes)
+            _run_dask(todo, arr, out, cfg, store, subset, finish, sweep.probes)
         else:
-            _run_local(todo, arr, out, cfg, store, subset, finish, probes)
+            _run_local(todo, arr, out, cfg, store, subset, finish, sweep.probes)
     finally:
         bar.close()
+
+
+def _manifest_entry(
+    sweep: _Sweep, unit: Unit, entry: dict[str, Any], kept: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """A computed unit's manifest entry: what it is, how it was made, its files."""
+    return {
+        "suite": sweep.suite.name,
+        "run": unit.run,
+        "repo_id": unit.repo_id,
+        "step": unit.step,
+        "revision": unit.revision,
+        "kind": unit.kind,
+        "params_hash": sweep.params_hash,
+        "commit": sweep.commits[unit.key],
+        "n_windows": int(sweep.arr.shape[0]),
+        "window": int(sweep.arr.shape[1]),
+        **sweep.provenance,
+        # wall time stays out of the manifest (a pipeline output): same inputs, same bytes
+        **{k: v for k, v in entry.items() if k != "seconds"},
+        **kept.get(unit.key, {}),  # a unit that redid only its probes keeps its grid's
+    }
+
+
+def _result_frame(rows: list[dict[str, Any]], units: Sequence[Unit]) -> pd.DataFrame:
+    """The rows as `run_sweep` returns them: one per unit, sorted by run and step."""
     frame = pd.DataFrame(rows, columns=list(_row(units[0], "", 0.0, 0)) if units else None)
     if not frame.empty:
         frame = frame.sort_values(["run", "step"], kind="stable").reset_index(drop=True)
