@@ -1237,6 +1237,68 @@ def _fractions(col: pd.Series) -> dict[str, float]:
     return {str(k): float(v) for k, v in col.value_counts(normalize=True).sort_index().items()}
 
 
+@dataclass(frozen=True)
+class _WindowPlan:
+    """The eval windows' shape: EOS id (each window's first token), length and count."""
+
+    eos: int
+    window: int
+    n_windows: int
+
+    @property
+    def need(self) -> int:
+        """Eval stream tokens the windows hold (all but each window's leading EOS)."""
+        return self.n_windows * (self.window - 1)
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: the fields are numpy arrays
+class _CharCodes:
+    """Per-character ground truth of the synthetic eval documents, concatenated."""
+
+    langs: list[str]  # language names; a "lang" code indexes this
+    codes: dict[str, np.ndarray]  # "tag", "lang", "depth", ... -> int64 per character
+    second_copy: np.ndarray  # bool per character
+    heldout: np.ndarray  # bool per character
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: the fields are numpy arrays
+class _Windows:
+    """The eval windows and, per token (window-major), where its attributes come from."""
+
+    tokens: np.ndarray  # int32 [n_windows, window]
+    flat: np.ndarray  # int64 token ids, window-major
+    docid: np.ndarray  # eval document of each token, -1 for EOS
+    is_eos: np.ndarray  # the token has no character (EOS)
+    safe: np.ndarray  # the token's char index, 0 for EOS
+
+    def take(self, arr: np.ndarray, fill: int) -> np.ndarray:
+        """`arr` at each token's character, `fill` for EOS."""
+        return np.where(self.is_eos, fill, arr[self.safe])
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: the fields are numpy arrays
+class _Vocab:
+    """Per token id: its decoded string, token class and train-count bucket."""
+
+    strings: np.ndarray
+    classes: np.ndarray
+    buckets: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: the fields are numpy arrays
+class _TokenAttrs:
+    """Per eval token (window-major): the ground-truth columns of `eval_meta.parquet`."""
+
+    tag: np.ndarray
+    lang: np.ndarray
+    depth: np.ndarray
+    phrase_id: np.ndarray
+    fact_id: np.ndarray
+    role: np.ndarray
+    second: np.ndarray
+    held: np.ndarray
+
+
 def _eval_windows(
     cfg: CorpusConfig,
     tok: Any,
@@ -1251,10 +1313,20 @@ def _eval_windows(
     `docs` gives per-character ground truth; None (real text) tags everything "text".
     """
     eos = tok.token_to_id(EOS)
-    W = cfg.window
-    n_windows = cfg.n_eval_tokens // W
-    need = n_windows * (W - 1)
-    # per-character attribute codes over all docs, concatenated
+    plan = _WindowPlan(eos=eos, window=cfg.window, n_windows=cfg.n_eval_tokens // cfg.window)
+    doc_text, chars = _char_codes(docs, texts)
+    win = _windows(plan, *_token_stream(plan, encs, doc_text))
+    vocab = _vocab_tables(tok, counts)
+    attrs = _planted_attributes(chars, win) if chars is not None else _text_attributes(win)
+    meta = _meta_frame(plan, win, vocab, attrs, _phrase_buckets(phrases))
+    return win.tokens, meta
+
+
+def _piece_codes(
+    docs: list[_Document],
+) -> tuple[list[list[int]], list[int], list[str], list[str]]:
+    """Attribute codes (7 lists) and length of every piece of every document, each
+    document's text and the languages met ("none" first, then in order of appearance)."""
     tag_i = {t: i for i, t in enumerate(TAGS)}
     role_i = {t: i for i, t in enumerate(ROLES)}
     langs: list[str] = ["none"]
@@ -1262,7 +1334,7 @@ def _eval_windows(
     fields: list[list[int]] = [[] for _ in range(7)]
     lengths: list[int] = []
     doc_text: list[str] = []
-    for d, doc in enumerate(docs if docs is not None else []):
+    for d, doc in enumerate(docs):
         parts = []
         for text, a in doc.pieces():
             if a.language not in lang_i:
@@ -1285,27 +1357,55 @@ def _eval_windows(
             lengths.append(len(text))
             parts.append(text)
         doc_text.append("".join(parts))
+    return fields, lengths, doc_text, langs
+
+
+def _char_codes(
+    docs: list[_Document] | None, texts: list[str] | None
+) -> tuple[list[str], _CharCodes | None]:
+    """Each eval document's text and the per-character attribute codes over all docs,
+    concatenated (None for real text, `docs` None, whose texts are `texts`)."""
+    fields, lengths, doc_text, langs = _piece_codes(docs if docs is not None else [])
     if docs is None:
-        doc_text = list(texts or [])
-        lang_i["unknown"] = len(langs)
-        langs.append("unknown")
-    # per-char arrays
-    if docs is not None:
-        lengths_a = np.asarray(lengths, dtype=np.int64)
-        char = {
-            name: np.repeat(np.asarray(f, dtype=np.int64), lengths_a)
-            for name, f in zip(
-                ("tag", "lang", "depth", "phrase", "fact", "role", "doc"), fields, strict=True
-            )
-        }
-        flags_second = np.repeat(
-            np.fromiter((a.second_copy for doc in docs for _, a in doc.pieces()), dtype=bool),
-            lengths_a,
+        return list(texts or []), None
+    lengths_a = np.asarray(lengths, dtype=np.int64)
+    char = {
+        name: np.repeat(np.asarray(f, dtype=np.int64), lengths_a)
+        for name, f in zip(
+            ("tag", "lang", "depth", "phrase", "fact", "role", "doc"), fields, strict=True
         )
-        flags_held = np.repeat(
-            np.fromiter((a.heldout for doc in docs for _, a in doc.pieces()), dtype=bool), lengths_a
+    }
+    flags_second = np.repeat(
+        np.fromiter((a.second_copy for doc in docs for _, a in doc.pieces()), dtype=bool),
+        lengths_a,
+    )
+    flags_held = np.repeat(
+        np.fromiter((a.heldout for doc in docs for _, a in doc.pieces()), dtype=bool), lengths_a
+    )
+    codes = _CharCodes(langs=langs, codes=char, second_copy=flags_second, heldout=flags_held)
+    return doc_text, codes
+
+
+def _first_nonspace(text: str, offs: np.ndarray) -> np.ndarray:
+    """Per token (`offs`: its [start, end) in `text`), the char index of the first
+    non-whitespace character from its start, capped at its last character."""
+    if len(text):
+        nonws = np.fromiter((not c.isspace() for c in text), dtype=bool, count=len(text))
+        nxt = np.where(nonws, np.arange(len(text)), len(text))
+        nxt = np.minimum.accumulate(nxt[::-1])[::-1]
+        first = np.minimum(
+            nxt[np.minimum(offs[:, 0], len(text) - 1)], np.maximum(offs[:, 1] - 1, 0)
         )
-    # token stream with a char index per token (-1 for EOS)
+    else:
+        first = np.zeros(0, dtype=np.int64)
+    return first
+
+
+def _token_stream(
+    plan: _WindowPlan, encs: list[Any], doc_text: list[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The eval stream (documents joined by EOS) as `[n_windows, window - 1]` token ids,
+    char indices (-1 for EOS) and document indices (-1 for EOS)."""
     stream_ids: list[np.ndarray] = []
     stream_char: list[np.ndarray] = []
     stream_doc: list[np.ndarray] = []
@@ -1314,35 +1414,35 @@ def _eval_windows(
     for d, (enc, text) in enumerate(zip(encs, doc_text, strict=True)):
         ids = np.asarray(enc.ids, dtype=np.int64)
         offs = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
-        if len(text):
-            nonws = np.fromiter((not c.isspace() for c in text), dtype=bool, count=len(text))
-            nxt = np.where(nonws, np.arange(len(text)), len(text))
-            nxt = np.minimum.accumulate(nxt[::-1])[::-1]
-            first = np.minimum(
-                nxt[np.minimum(offs[:, 0], len(text) - 1)], np.maximum(offs[:, 1] - 1, 0)
-            )
-        else:
-            first = np.zeros(0, dtype=np.int64)
-        stream_ids += [ids, np.array([eos])]
+        first = _first_nonspace(text, offs)
+        stream_ids += [ids, np.array([plan.eos])]
         stream_char += [base + first, np.array([-1])]
         stream_doc += [np.full(len(ids), d), np.array([-1])]
         base += len(text)
         total += len(ids) + 1
-        if total >= need:
+        if total >= plan.need:
             break
-    sid = np.concatenate(stream_ids)[:need].reshape(n_windows, W - 1)
-    sch = np.concatenate(stream_char)[:need].reshape(n_windows, W - 1)
-    sdoc = np.concatenate(stream_doc)[:need].reshape(n_windows, W - 1)
-    tokens = np.concatenate([np.full((n_windows, 1), eos), sid], axis=1).astype(np.int32)
+    shape = (plan.n_windows, plan.window - 1)
+    sid = np.concatenate(stream_ids)[: plan.need].reshape(shape)
+    sch = np.concatenate(stream_char)[: plan.need].reshape(shape)
+    sdoc = np.concatenate(stream_doc)[: plan.need].reshape(shape)
+    return sid, sch, sdoc
+
+
+def _windows(plan: _WindowPlan, sid: np.ndarray, sch: np.ndarray, sdoc: np.ndarray) -> _Windows:
+    """Prefix every stream slice with EOS (char index and document -1) and flatten."""
+    n_windows = plan.n_windows
+    tokens = np.concatenate([np.full((n_windows, 1), plan.eos), sid], axis=1).astype(np.int32)
     cidx = np.concatenate([np.full((n_windows, 1), -1), sch], axis=1).ravel()
     docid = np.concatenate([np.full((n_windows, 1), -1), sdoc], axis=1).ravel()
     flat = tokens.ravel().astype(np.int64)
     is_eos = cidx < 0
     safe = np.where(is_eos, 0, cidx)
+    return _Windows(tokens=tokens, flat=flat, docid=docid, is_eos=is_eos, safe=safe)
 
-    def take(arr: np.ndarray, fill: int) -> np.ndarray:
-        return np.where(is_eos, fill, arr[safe])
 
+def _vocab_tables(tok: Any, counts: np.ndarray) -> _Vocab:
+    """Decode, classify and bucket (by train count) every token id of the vocabulary."""
     vocab_size = tok.get_vocab_size()
     strings = np.array(
         [tok.decode([i], skip_special_tokens=False) for i in range(vocab_size)], dtype=object
@@ -1350,48 +1450,73 @@ def _eval_windows(
     special = {tok.token_to_id(EOS)}
     classes = np.array([token_class(s, i in special) for i, s in enumerate(strings)], dtype=object)
     buckets = np.array([freq_bucket(int(c)) for c in counts], dtype=object)
-    if docs is not None:
-        tag = np.array(TAGS, dtype=object)[take(char["tag"], 0)]
-        lang = np.array(langs, dtype=object)[take(char["lang"], 0)]
-        depth = take(char["depth"], 0)
-        phrase_id = take(char["phrase"], -1)
-        fact_id = take(char["fact"], -1)
-        role = np.array(ROLES, dtype=object)[take(char["role"], 0)]
-        second = np.where(is_eos, False, flags_second[safe])
-        held = np.where(is_eos, False, flags_held[safe])
-    else:
-        n = len(flat)
-        tag = np.where(is_eos, "special", "text").astype(object)
-        lang = np.where(is_eos, "none", "unknown").astype(object)
-        depth = np.zeros(n, dtype=np.int64)
-        phrase_id = np.full(n, -1)
-        fact_id = np.full(n, -1)
-        role = np.full(n, "", dtype=object)
-        second = np.zeros(n, dtype=bool)
-        held = np.zeros(n, dtype=bool)
+    return _Vocab(strings=strings, classes=classes, buckets=buckets)
+
+
+def _planted_attributes(chars: _CharCodes, win: _Windows) -> _TokenAttrs:
+    """Each token's ground truth: that of its character (see `_first_nonspace`); EOS gets
+    tag "special", language "none", no phrase, fact or role."""
+    char = chars.codes
+    take = win.take
+    return _TokenAttrs(
+        tag=np.array(TAGS, dtype=object)[take(char["tag"], 0)],
+        lang=np.array(chars.langs, dtype=object)[take(char["lang"], 0)],
+        depth=take(char["depth"], 0),
+        phrase_id=take(char["phrase"], -1),
+        fact_id=take(char["fact"], -1),
+        role=np.array(ROLES, dtype=object)[take(char["role"], 0)],
+        second=np.where(win.is_eos, False, chars.second_copy[win.safe]),
+        held=np.where(win.is_eos, False, chars.heldout[win.safe]),
+    )
+
+
+def _text_attributes(win: _Windows) -> _TokenAttrs:
+    """Real text's ground truth: every token "text" in language "unknown", EOS "special"."""
+    n = len(win.flat)
+    return _TokenAttrs(
+        tag=np.where(win.is_eos, "special", "text").astype(object),
+        lang=np.where(win.is_eos, "none", "unknown").astype(object),
+        depth=np.zeros(n, dtype=np.int64),
+        phrase_id=np.full(n, -1),
+        fact_id=np.full(n, -1),
+        role=np.full(n, "", dtype=object),
+        second=np.zeros(n, dtype=bool),
+        held=np.zeros(n, dtype=bool),
+    )
+
+
+def _phrase_buckets(phrases: list[dict[str, Any]]) -> np.ndarray:
+    """Train-count bucket of each phrase, indexed by phrase_id + 1 ("none" if no phrase)."""
     pbucket = {p["id"]: freq_bucket(p["train_count"]) for p in phrases}
-    pfb = np.array(
+    return np.array(
         [pbucket.get(int(i), "none") for i in range(-1, max(pbucket, default=-1) + 1)], dtype=object
     )
+
+
+def _meta_frame(
+    plan: _WindowPlan, win: _Windows, vocab: _Vocab, attrs: _TokenAttrs, pfb: np.ndarray
+) -> pd.DataFrame:
+    """The `eval_meta.parquet` table: one row per eval token, window-major, text as str."""
+    n_windows, W, flat = plan.n_windows, plan.window, win.flat
     meta = pd.DataFrame(
         {
             "window": np.repeat(np.arange(n_windows, dtype=np.int32), W),
             "pos": np.tile(np.arange(W, dtype=np.int32), n_windows),
             "token_id": flat.astype(np.int32),
-            "token": strings[flat],
-            "token_class": classes[flat],
-            "tag": tag,
-            "language": lang,
-            "bracket_depth": depth.astype(np.int16),
-            "phrase_id": phrase_id.astype(np.int32),
-            "phrase_freq_bucket": pfb[phrase_id + 1],
-            "freq_bucket": buckets[flat],
-            "seen_before": seen_before(tokens).ravel(),
-            "second_copy": second.astype(bool),
-            "role": role,
-            "fact_id": fact_id.astype(np.int32),
-            "fact_heldout": held.astype(bool),
-            "doc_id": docid.astype(np.int32),
+            "token": vocab.strings[flat],
+            "token_class": vocab.classes[flat],
+            "tag": attrs.tag,
+            "language": attrs.lang,
+            "bracket_depth": attrs.depth.astype(np.int16),
+            "phrase_id": attrs.phrase_id.astype(np.int32),
+            "phrase_freq_bucket": pfb[attrs.phrase_id + 1],
+            "freq_bucket": vocab.buckets[flat],
+            "seen_before": seen_before(win.tokens).ravel(),
+            "second_copy": attrs.second.astype(bool),
+            "role": attrs.role,
+            "fact_id": attrs.fact_id.astype(np.int32),
+            "fact_heldout": attrs.held.astype(bool),
+            "doc_id": win.docid.astype(np.int32),
         }
     )
     for col in (
@@ -1404,7 +1529,7 @@ def _eval_windows(
         "role",
     ):
         meta[col] = meta[col].astype(str)
-    return tokens, meta
+    return meta
 
 
 def seen_before(tokens: np.ndarray) -> np.ndarray:
