@@ -286,7 +286,56 @@ def _classify_chunk(
     x: np.ndarray,
     margin: float,
     n_eff: float,
-) -> pd.DataFrame:
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Classify a chunk of curves `y` `[T, n]`: fit every family, pick a class by BIC with
+    `margin`, and describe the chosen fit. Returns (one row per curve, the fitted curves)."""
+    n = y.shape[1]
+    fits = _fit_families(y, grids, n_eff)
+    models = list(grids)
+    choice = _choose_by_bic(fits.bic, models, margin)
+    fitted = _fitted_curves(y, grids, fits, models, choice)
+    chosen = np.array(models)[choice]
+    klass = np.array([_FAMILY[m] for m in chosen])
+    k = np.array([_K[m] for m in chosen])
+    resid_sd = np.sqrt(((y - fitted) ** 2).sum(axis=1) / np.maximum(n - k, 1))
+    # logistic parameters of every token (reported where class is s_shaped)
+    m_w = grids["logistic"].params[fits.best_g["logistic"]]
+    # design = [1, sigmoid]: lo = c0, hi = c0 + c1
+    c = fits.best_coef["logistic"]
+    out = pd.DataFrame(
+        {
+            "class": klass,
+            "model": chosen,
+            "direction": _direction(klass, fitted),
+            "start_loss": fitted[:, 0],
+            "end_loss": fitted[:, -1],
+            "resid_sd": resid_sd,
+            "_lo": c[:, 0],
+            "_hi": c[:, 0] + c[:, 1],
+            "_m": m_w[:, 0],
+            "_w": m_w[:, 1],
+            "_ar1": _simple_fit_ar1(y, grids, fits, models),
+        }
+    )
+    for cls in CLASSES:
+        members = [m for m in models if _FAMILY[m] == cls]
+        out[f"bic_{cls}"] = np.min(np.stack([fits.bic[m] for m in members], axis=1), axis=1)
+    return out, fitted
+
+
+@dataclass(frozen=True)
+class _Fits:
+    """Every family's best grid fit per curve: BIC, RSS, grid index and coefficients."""
+
+    bic: dict[str, np.ndarray]  # model -> [T]
+    rss: dict[str, np.ndarray]  # model -> [T]
+    best_g: dict[str, np.ndarray]  # model -> [T] grid index
+    best_coef: dict[str, np.ndarray]  # model -> [T, k]
+
+
+def _fit_families(y: np.ndarray, grids: dict[str, _Grid], n_eff: float) -> _Fits:
+    """Grid-search every model's nonlinear parameters (float32), then refit the chosen grid
+    point exactly (float64); BIC counts `n_eff` independent points."""
     n_tok, n = y.shape
     # every design contains the constant column, so centring y leaves each RSS unchanged
     # and lets the grid search run in float32 without cancellation trouble
@@ -316,9 +365,13 @@ def _classify_chunk(
         coef = np.einsum("tij,tj->ti", grid.coef_map[g], proj64)
         coef[:, 0] += mean  # the first design column is the constant
         best_coef[model] = coef
-    models = list(grids)
-    # best member of each class, then the simplest class unless a more complex one beats
-    # the current choice by more than `margin` BIC units (classes in order of complexity)
+    return _Fits(bic=bic, rss=rss_of, best_g=best_g, best_coef=best_coef)
+
+
+def _choose_by_bic(bic: dict[str, np.ndarray], models: list[str], margin: float) -> np.ndarray:
+    """Index into `models` per curve: the best member of each class, then the simplest class
+    unless a more complex one beats the current choice by more than `margin` BIC units
+    (classes in order of complexity)."""
     best_member = {}
     for cls in CLASSES:
         members = [j for j, m in enumerate(models) if _FAMILY[m] == cls]
@@ -330,61 +383,51 @@ def _classify_chunk(
         better = b < current - margin
         choice = np.where(better, j, choice)
         current = np.where(better, b, current)
-    # fitted curves of the chosen model, for start/end loss, direction and residual sd
+    return choice
+
+
+def _fitted_curves(
+    y: np.ndarray, grids: dict[str, _Grid], fits: _Fits, models: list[str], choice: np.ndarray
+) -> np.ndarray:
+    """Each curve's fit under the model `choice` picks for it, `[T, n]`."""
     fitted = np.empty_like(y)
     for j, model in enumerate(models):
         sel = np.flatnonzero(choice == j)
         if sel.size:
-            fitted[sel] = _curves(grids[model], best_g[model][sel], best_coef[model][sel])
-    chosen = np.array(models)[choice]
-    klass = np.array([_FAMILY[m] for m in chosen])
-    k = np.array([_K[m] for m in chosen])
-    resid_sd = np.sqrt(((y - fitted) ** 2).sum(axis=1) / np.maximum(n - k, 1))
+            fitted[sel] = _curves(grids[model], fits.best_g[model][sel], fits.best_coef[model][sel])
+    return fitted
+
+
+def _direction(klass: np.ndarray, fitted: np.ndarray) -> np.ndarray:
+    """down / up; rise_fall / fall_rise for non-monotone curves; none for flat ones."""
     direction = np.where(fitted[:, -1] < fitted[:, 0], "down", "up")
     interior_max = fitted[:, 1:-1].max(axis=1) > np.maximum(fitted[:, 0], fitted[:, -1])
     direction = np.where(
         klass == "non_monotone", np.where(interior_max, "rise_fall", "fall_rise"), direction
     )
-    direction = np.where(klass == "flat", "none", direction)
-    # lag-1 autocorrelation of the residuals of each curve's closest flat-or-smooth fit:
-    # flexible families would soak up the wander being measured; shapes they miss inflate
-    # it, which errs towards fewer shape claims (the median over curves pools them)
+    return np.where(klass == "flat", "none", direction)
+
+
+def _simple_fit_ar1(
+    y: np.ndarray, grids: dict[str, _Grid], fits: _Fits, models: list[str]
+) -> np.ndarray:
+    """Lag-1 autocorrelation of the residuals of each curve's closest flat-or-smooth fit:
+    flexible families would soak up the wander being measured; shapes they miss inflate
+    it, which errs towards fewer shape claims (the median over curves pools them)."""
     simple = [m for m in models if _FAMILY[m] in ("flat", "smooth")]
-    closest = np.argmin(np.stack([rss_of[m] for m in simple], axis=1), axis=1)
+    closest = np.argmin(np.stack([fits.rss[m] for m in simple], axis=1), axis=1)
     close_fit = np.empty_like(y)
     for j, model in enumerate(simple):
         sel = np.flatnonzero(closest == j)
         if sel.size:
-            close_fit[sel] = _curves(grids[model], best_g[model][sel], best_coef[model][sel])
+            close_fit[sel] = _curves(
+                grids[model], fits.best_g[model][sel], fits.best_coef[model][sel]
+            )
     r = y - close_fit
     r = r - r.mean(axis=1, keepdims=True)
     denom = (r**2).sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        ar1 = np.where(denom > 0, (r[:, 1:] * r[:, :-1]).sum(axis=1) / denom, np.nan)
-    # logistic parameters of every token (reported where class is s_shaped)
-    lg = grids["logistic"]
-    m_w = lg.params[best_g["logistic"]]
-    # design = [1, sigmoid]: lo = c0, hi = c0 + c1
-    c = best_coef["logistic"]
-    out = pd.DataFrame(
-        {
-            "class": klass,
-            "model": chosen,
-            "direction": direction,
-            "start_loss": fitted[:, 0],
-            "end_loss": fitted[:, -1],
-            "resid_sd": resid_sd,
-            "_lo": c[:, 0],
-            "_hi": c[:, 0] + c[:, 1],
-            "_m": m_w[:, 0],
-            "_w": m_w[:, 1],
-            "_ar1": ar1,
-        }
-    )
-    for cls in CLASSES:
-        members = [m for m in models if _FAMILY[m] == cls]
-        out[f"bic_{cls}"] = np.min(np.stack([bic[m] for m in members], axis=1), axis=1)
-    return out, fitted
+        return np.where(denom > 0, (r[:, 1:] * r[:, :-1]).sum(axis=1) / denom, np.nan)
 
 
 def _curves(grid: _Grid, g: np.ndarray, coef: np.ndarray) -> np.ndarray:
