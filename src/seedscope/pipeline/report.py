@@ -21,7 +21,7 @@ import yaml
 from seedscope.core.errors import SeedscopeError
 from seedscope.core.io import atomic_path, read_json
 from seedscope.core.paths import figures_dir, metrics_dir, project_root, reports_dir
-from seedscope.pipeline.answers import ANSWERS, format_headline, metric_html
+from seedscope.pipeline.answers import ANSWERS, Answer, answer_html, format_headline, metric_html
 from seedscope.pipeline.registry import STAGES
 
 QUESTION = (
@@ -218,44 +218,8 @@ def write_book_source(
     reproduce table, the key figures and the chapters (copies of executed notebooks)."""
     env = _templates()
     data = collect()
-    notebooks = reports_dir() / "notebooks"
-    chapters = []
-    for stage in (*ANALYSIS_STAGES, *SETUP_STAGES):
-        source = notebooks / f"{STAGES[stage].notebook}.ipynb"
-        if source.exists():
-            record = data.get(stage, {}).get("metrics")
-            write_chapter(stage, source, src / f"{_chapter(stage)}.ipynb", record)
-            chapters.append(_chapter(stage))
-
-    answers = []
-    for answer in ANSWERS:
-        entry = data.get(answer.stage, {})
-        from seedscope.pipeline.answers import answer_html
-
-        figure = None
-        key_fig = next((f for f in entry.get("figures", {}).values() if f.get("key")), None)
-        if key_fig:
-            rel = Path("figures") / answer.stage / key_fig["file"]
-            (src / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(figures_dir() / answer.stage / key_fig["file"], src / rel)
-            figure = {
-                "path": rel.as_posix(),
-                "title": _md(key_fig["title"]),
-                "target": f"{_chapter(answer.stage)}.html"
-                if _chapter(answer.stage) in chapters
-                else "",
-            }
-        answers.append(
-            {
-                "number": answer.number,
-                "title": answer.title,
-                "question": answer.question,
-                "paragraph": answer_html(answer, entry.get("metrics")),
-                "short": answer_html(answer, entry.get("metrics"), short=True),
-                "chapter": _chapter(answer.stage) if _chapter(answer.stage) in chapters else None,
-                "figure": figure,
-            }
-        )
+    chapters = _write_chapters(src, data)
+    answers = [_answer_entry(src, answer, data, chapters) for answer in ANSWERS]
     (src / "index.md").write_text(
         env.get_template("book_index.md.j2").render(
             title=_md(title),
@@ -265,9 +229,66 @@ def write_book_source(
             chapters=[c for part in book_toc(chapters)["parts"][1:] for c in part["chapters"]],
         )
     )
+    (src / "headlines.md").write_text(
+        env.get_template("book_headlines.md.j2").render(stages=_headline_entries(data))
+    )
+    (src / "reproduce.md").write_text(
+        env.get_template("book_reproduce.md.j2").render(rows=_figure_entries(data))
+    )
+    footer = _footer(env, manifest, provenance)
+    (src / "_static").mkdir(parents=True, exist_ok=True)
+    (src / "_static" / "seedscope.css").write_text(env.get_template("book.css").render())
+    (src / "_config.yml").write_text(yaml.safe_dump(book_config(title, footer), sort_keys=False))
+    (src / "_toc.yml").write_text(yaml.safe_dump(book_toc(chapters), sort_keys=False))
 
+
+def _write_chapters(src: Path, data: dict[str, Any]) -> list[str]:
+    """Copy each executed notebook in as a chapter (setup stages after the analyses); return
+    the chapters written."""
+    notebooks = reports_dir() / "notebooks"
+    chapters = []
+    for stage in (*ANALYSIS_STAGES, *SETUP_STAGES):
+        source = notebooks / f"{STAGES[stage].notebook}.ipynb"
+        if source.exists():
+            record = data.get(stage, {}).get("metrics")
+            write_chapter(stage, source, src / f"{_chapter(stage)}.ipynb", record)
+            chapters.append(_chapter(stage))
+    return chapters
+
+
+def _answer_entry(
+    src: Path, answer: Answer, data: dict[str, Any], chapters: list[str]
+) -> dict[str, Any]:
+    """One research question's front-page entry: its answer paragraph (long and short), its
+    chapter and its key figure (copied into the book)."""
+    entry = data.get(answer.stage, {})
+    figure = None
+    key_fig = next((f for f in entry.get("figures", {}).values() if f.get("key")), None)
+    if key_fig:
+        rel = Path("figures") / answer.stage / key_fig["file"]
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(figures_dir() / answer.stage / key_fig["file"], src / rel)
+        figure = {
+            "path": rel.as_posix(),
+            "title": _md(key_fig["title"]),
+            "target": f"{_chapter(answer.stage)}.html"
+            if _chapter(answer.stage) in chapters
+            else "",
+        }
+    return {
+        "number": answer.number,
+        "title": answer.title,
+        "question": answer.question,
+        "paragraph": answer_html(answer, entry.get("metrics")),
+        "short": answer_html(answer, entry.get("metrics"), short=True),
+        "chapter": _chapter(answer.stage) if _chapter(answer.stage) in chapters else None,
+        "figure": figure,
+    }
+
+
+def _headline_entries(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per stage with headline metrics: its title, chapter and one row per headline."""
     stages = []
-    rows = []
     for stage, entry in data.items():
         heads = entry.get("metrics", {}).get("headline", {})
         if heads:
@@ -281,6 +302,13 @@ def write_book_source(
                     ],
                 }
             )
+    return stages
+
+
+def _figure_entries(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per figure: where it is shown, the function that computed it and the tests of that."""
+    rows = []
+    for stage, entry in data.items():
         for fig in entry.get("figures", {}).values():
             tests = tests_of(fig["function"])
             rows.append(
@@ -293,13 +321,13 @@ def write_book_source(
                     "tests": "<br>".join(f"`{t}`" for t in tests) or "none found",
                 }
             )
-    (src / "headlines.md").write_text(
-        env.get_template("book_headlines.md.j2").render(stages=stages)
-    )
-    (src / "reproduce.md").write_text(env.get_template("book_reproduce.md.j2").render(rows=rows))
+    return rows
 
+
+def _footer(env: Any, manifest: dict[str, Any], provenance: dict[str, Any]) -> str:
+    """Every page's footer: suite, runs, steps, params hash, commit and key package versions."""
     versions = provenance.get("versions") or {}
-    footer = env.get_template("book_footer.html.j2").render(
+    return env.get_template("book_footer.html.j2").render(
         suite=manifest["suite"],
         runs=[run_label(r) for r in manifest["runs"]],
         steps=f"mid {manifest['mid_step']:,}, final {manifest['final_step']:,} "
@@ -308,10 +336,6 @@ def write_book_source(
         git_commit=provenance.get("git_commit", "unknown"),
         versions=[f"{p} {versions[p]}" for p in _PACKAGES_SHOWN if p in versions],
     )
-    (src / "_static").mkdir(parents=True, exist_ok=True)
-    (src / "_static" / "seedscope.css").write_text(env.get_template("book.css").render())
-    (src / "_config.yml").write_text(yaml.safe_dump(book_config(title, footer), sort_keys=False))
-    (src / "_toc.yml").write_text(yaml.safe_dump(book_toc(chapters), sort_keys=False))
 
 
 def jupyter_book_command() -> list[str]:

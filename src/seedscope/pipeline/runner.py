@@ -289,10 +289,7 @@ def preflight_corpus(params: dict[str, Any]) -> None:
 
 def preflight_token_losses(params: dict[str, Any]) -> None:
     """The `token_losses` pre-flight (see `preflight`)."""
-    import numpy as np
-
     from seedscope.core.config import SuiteConfig, from_section
-    from seedscope.core.paths import corpus_dir
     from seedscope.core.steps import name_to_step
     from seedscope.logprobs.sweep import SweepConfig, check_scheduler, resolve_units
     from seedscope.models import checkpoints as ck
@@ -306,44 +303,70 @@ def preflight_token_losses(params: dict[str, Any]) -> None:
     units = resolve_units(suite, "all", steps)
     cache = ck.cache_dir_for(suite) or ck.default_hub_cache()
     present = {r.name: set(ck.cached_steps(suite, r, cache)) for r in suite.runs}
-    missing = [u for u in units if u.step not in present[u.run]]
-    if missing:
-        first = missing[0]
-        what = (
-            f"{len(missing)} of the {len(units)} checkpoints stage 'token_losses' needs "
-            f"(e.g. {first.repo_id} revision {first.revision!r}) are not in {cache}"
-        )
-        if suite.local_cache is not None:
-            raise SeedscopeError(
-                f"{what}.", f"train suite {suite.name!r} first: `dvc repro train`."
-            )
-        if ck.hub_offline():
-            raise SeedscopeError(
-                f"{what}, and HF_HUB_OFFLINE is set, so they cannot be downloaded.",
-                "unset HF_HUB_OFFLINE where the hub is reachable, or fetch them first "
-                f"(`{ck.download_command(first.repo_id, first.revision)}`) "
-                "into the cache HF_HUB_CACHE points at.",
-            )
-        problem = ck.hub_unreachable()
-        if problem:
-            raise SeedscopeError(
-                f"{what}, and the hub is unreachable ({problem}).",
-                "connect to the hub, or point HF_HUB_CACHE at a cache that holds them.",
-            )
+    _check_checkpoints_present(suite, units, present, cache)
     folders = {
         r.name: ck.snapshot_folder(cache, r.repo_id, suite.revision(max(present[r.name])))
         for r in suite.runs
         if present[r.name]
     }
     if suite.local_cache is None and folders:
-        biggest = max(ck.checkpoint_bytes(f) for f in folders.values())
-        if cfg.cache_budget_gb * 1e9 < biggest:
-            raise SeedscopeError(
-                f"token_losses.cache_budget_gb = {cfg.cache_budget_gb:g} GB is smaller than "
-                f"one checkpoint of suite {suite.name!r} ({biggest / 1e9:.3g} GB).",
-                f"set token_losses.cache_budget_gb to at least {2 * biggest / 1e9:.3g} "
-                "(two checkpoints: the current one and the prefetched next).",
-            )
+        _check_cache_budget(suite, cfg.cache_budget_gb, folders)
+    _check_one_tokenizer(suite, folders)
+    _check_eval_tokens_fit(suite, folders)
+    if cfg.scheduler:
+        check_scheduler(cfg.scheduler, cfg.scheduler_timeout_s)
+
+
+def _check_checkpoints_present(
+    suite: Any, units: list[Any], present: dict[str, set[int]], cache: Path
+) -> None:
+    """Refuse when a needed checkpoint is neither cached nor downloadable, saying how to
+    get it (train the local suite, fetch it, or reach the hub)."""
+    from seedscope.models import checkpoints as ck
+
+    missing = [u for u in units if u.step not in present[u.run]]
+    if not missing:
+        return
+    first = missing[0]
+    what = (
+        f"{len(missing)} of the {len(units)} checkpoints stage 'token_losses' needs "
+        f"(e.g. {first.repo_id} revision {first.revision!r}) are not in {cache}"
+    )
+    if suite.local_cache is not None:
+        raise SeedscopeError(f"{what}.", f"train suite {suite.name!r} first: `dvc repro train`.")
+    if ck.hub_offline():
+        raise SeedscopeError(
+            f"{what}, and HF_HUB_OFFLINE is set, so they cannot be downloaded.",
+            "unset HF_HUB_OFFLINE where the hub is reachable, or fetch them first "
+            f"(`{ck.download_command(first.repo_id, first.revision)}`) "
+            "into the cache HF_HUB_CACHE points at.",
+        )
+    problem = ck.hub_unreachable()
+    if problem:
+        raise SeedscopeError(
+            f"{what}, and the hub is unreachable ({problem}).",
+            "connect to the hub, or point HF_HUB_CACHE at a cache that holds them.",
+        )
+
+
+def _check_cache_budget(suite: Any, budget_gb: float, folders: dict[str, Path]) -> None:
+    """Refuse a download cache budget smaller than one checkpoint of the suite."""
+    from seedscope.models import checkpoints as ck
+
+    biggest = max(ck.checkpoint_bytes(f) for f in folders.values())
+    if budget_gb * 1e9 < biggest:
+        raise SeedscopeError(
+            f"token_losses.cache_budget_gb = {budget_gb:g} GB is smaller than "
+            f"one checkpoint of suite {suite.name!r} ({biggest / 1e9:.3g} GB).",
+            f"set token_losses.cache_budget_gb to at least {2 * biggest / 1e9:.3g} "
+            "(two checkpoints: the current one and the prefetched next).",
+        )
+
+
+def _check_one_tokenizer(suite: Any, folders: dict[str, Path]) -> None:
+    """Refuse runs whose cached tokenizers differ: their per-token losses don't compare."""
+    from seedscope.models import checkpoints as ck
+
     vocabs = {run: ck.tokenizer_vocab(folder) for run, folder in folders.items()}
     known = {run: v for run, v in vocabs.items() if v is not None}
     if len({json_key(v) for v in known.values()}) > 1:
@@ -355,27 +378,36 @@ def preflight_token_losses(params: dict[str, Any]) -> None:
             "compare only runs trained with the same tokenizer: split the suite, or list "
             "matching runs in suite.runs.",
         )
+
+
+def _check_eval_tokens_fit(suite: Any, folders: dict[str, Path]) -> None:
+    """Refuse eval windows with a token id outside a run's vocabulary or longer than its
+    context (read from the cached configs; skipped before the corpus exists)."""
+    import numpy as np
+
+    from seedscope.core.paths import corpus_dir
+    from seedscope.models import checkpoints as ck
+
     eval_path = corpus_dir() / "eval_tokens.npy"
-    if eval_path.is_file() and folders:
-        windows = np.load(eval_path, mmap_mode="r")
-        top = int(windows.max()) if windows.size else -1
-        for run, folder in folders.items():
-            vocab, n_ctx = ck.config_limits(folder)
-            if vocab is not None and top >= vocab:
-                raise SeedscopeError(
-                    f"The eval tokens ({eval_path}) hold token id {top}, outside the vocabulary "
-                    f"[0, {vocab}) of run {run!r} of suite {suite.name!r}.",
-                    "rebuild the corpus with the suite's own tokenizer (corpus.tokenizer_dir) "
-                    "and run `dvc repro corpus`.",
-                )
-            if n_ctx is not None and windows.ndim == 2 and windows.shape[1] > n_ctx:
-                raise SeedscopeError(
-                    f"The eval windows are {windows.shape[1]} tokens long, more than the "
-                    f"context ({n_ctx}) of run {run!r} of suite {suite.name!r}.",
-                    f"set corpus.window to at most {n_ctx} and run `dvc repro corpus`.",
-                )
-    if cfg.scheduler:
-        check_scheduler(cfg.scheduler, cfg.scheduler_timeout_s)
+    if not (eval_path.is_file() and folders):
+        return
+    windows = np.load(eval_path, mmap_mode="r")
+    top = int(windows.max()) if windows.size else -1
+    for run, folder in folders.items():
+        vocab, n_ctx = ck.config_limits(folder)
+        if vocab is not None and top >= vocab:
+            raise SeedscopeError(
+                f"The eval tokens ({eval_path}) hold token id {top}, outside the vocabulary "
+                f"[0, {vocab}) of run {run!r} of suite {suite.name!r}.",
+                "rebuild the corpus with the suite's own tokenizer (corpus.tokenizer_dir) "
+                "and run `dvc repro corpus`.",
+            )
+        if n_ctx is not None and windows.ndim == 2 and windows.shape[1] > n_ctx:
+            raise SeedscopeError(
+                f"The eval windows are {windows.shape[1]} tokens long, more than the "
+                f"context ({n_ctx}) of run {run!r} of suite {suite.name!r}.",
+                f"set corpus.window to at most {n_ctx} and run `dvc repro corpus`.",
+            )
 
 
 # stage -> its own pre-flight check (seedscope.pipeline.codedeps counts only this stage's as its dep)
