@@ -88,6 +88,14 @@ class TrainConfig:
     copy_max_len: int = 20
 
     def __post_init__(self) -> None:
+        self._check_sizes()
+        self._check_numbers()
+        self._check_copy_task()
+        self._check_positions()
+        self._check_seeds_and_precision()
+
+    def _check_sizes(self) -> None:
+        """Each size an architecture of positive integers, n_embd divisible by n_head."""
         if not isinstance(self.sizes, dict) or not self.sizes:
             raise SeedscopeError(
                 "TrainConfig key `sizes` must be a non-empty dict size -> architecture.",
@@ -110,6 +118,9 @@ class TrainConfig:
                     f"by n_head {spec['n_head']}.",
                     "choose n_embd a multiple of n_head.",
                 )
+
+    def _check_numbers(self) -> None:
+        """Counts are integers in range; rates and shares are numbers in range."""
         positive_ints = ("context", "batch_size", "workers", "threads_per_worker")
         for key in positive_ints + ("eval_windows", "probe_sequences", "probe_min_count", "warmup"):
             value = getattr(self, key)
@@ -142,6 +153,9 @@ class TrainConfig:
                 raise SeedscopeError(
                     f"TrainConfig key `{key}` is {value!r}.", "give a number in [0, 1]."
                 )
+
+    def _check_copy_task(self) -> None:
+        """Copy spans (the induction curriculum) are integers that fit twice in a context."""
         lengths = (self.copy_min_len, self.copy_max_len, self.copy_anneal_steps)
         if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in lengths):
             raise SeedscopeError(
@@ -156,6 +170,9 @@ class TrainConfig:
                 f"fit twice in a context of {self.context}.",
                 "give 2 <= copy_min_len <= copy_max_len <= context / 2.",
             )
+
+    def _check_positions(self) -> None:
+        """A known position init; previous-token heads need sinusoidal positions."""
         if self.position_init not in _POSITION_INITS:
             raise SeedscopeError(
                 f"TrainConfig key `position_init` is {self.position_init!r}.",
@@ -174,6 +191,9 @@ class TrainConfig:
                 "TrainConfig key `prev_token_heads` needs sinusoidal position embeddings.",
                 'set position_init: "sinusoidal" or prev_token_heads: 0.',
             )
+
+    def _check_seeds_and_precision(self) -> None:
+        """Seeds are integers or None; bf16 is a bool."""
         for key in ("init_seed", "data_seed"):
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
