@@ -1292,8 +1292,8 @@ def enrichment_bootstrap(
     keep = strata >= 0
     if not (mask & keep).any():
         return pd.DataFrame(columns=_ENRICHMENT_COLUMNS)
-    counts = _StratumCounts.of(mask, strata, keep, n_windows, window_len)
     weights = bootstrap_weights(n_windows, n_boot, seed)
+    counts = _StratumCounts.of(mask, strata, keep, n_windows, window_len)
     alpha = (1 - ci) / 2
     rows = []
     for feature, codes, labels in _features(meta, columns, window_len, with_position):

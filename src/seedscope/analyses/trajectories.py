@@ -289,7 +289,7 @@ def _classify_chunk(
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """Classify a chunk of curves `y` `[T, n]`: fit every family, pick a class by BIC with
     `margin`, and describe the chosen fit. Returns (one row per curve, the fitted curves)."""
-    n = y.shape[1]
+    _, n = y.shape
     fits = _fit_families(y, grids, n_eff)
     models = list(grids)
     choice = _choose_by_bic(fits.bic, models, margin)

@@ -912,11 +912,13 @@ def _prune(out: Path, manifest: dict[str, Any], keep: set[str]) -> None:
         for probe in entry.get("probes", {}).values()
         for rel, _ in probe["files"].values()
     }
+    # the manifest first: a kill mid-way then leaves unlisted files (deleted next time),
+    # never a manifest listing deleted ones
+    write_json(out / MANIFEST, manifest)
     files = [p for sub in ("", "traj/", "topk/") for p in sorted(out.glob(f"*/{sub}step-*.npy"))]
     for path in files + sorted(out.glob("*/probes/*/*/step-*.parquet")):
         if path.resolve() not in listed:
             path.unlink()
-    write_json(out / MANIFEST, manifest)
 
 
 def _row(unit: Unit, status: str, seconds: float, tokens: int) -> dict[str, Any]:

@@ -229,12 +229,11 @@ def write_book_source(
             chapters=[c for part in book_toc(chapters)["parts"][1:] for c in part["chapters"]],
         )
     )
+    headlines, figures = _headline_entries(data), _figure_entries(data)
     (src / "headlines.md").write_text(
-        env.get_template("book_headlines.md.j2").render(stages=_headline_entries(data))
+        env.get_template("book_headlines.md.j2").render(stages=headlines)
     )
-    (src / "reproduce.md").write_text(
-        env.get_template("book_reproduce.md.j2").render(rows=_figure_entries(data))
-    )
+    (src / "reproduce.md").write_text(env.get_template("book_reproduce.md.j2").render(rows=figures))
     footer = _footer(env, manifest, provenance)
     (src / "_static").mkdir(parents=True, exist_ok=True)
     (src / "_static" / "seedscope.css").write_text(env.get_template("book.css").render())
